@@ -1,0 +1,163 @@
+"""The ``fermetric`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import FermetricError
+
+SET_HELP = "Override a recipe key, e.g. --set train.epochs=3 --set loss.1.weight=0.2 (arrays are 0-based). Repeatable."
+
+
+class Context:
+    def __init__(self, debug: bool):
+        self.debug = debug
+
+
+def _fail(ctx: click.Context, exc: Exception) -> None:
+    if ctx.obj and ctx.obj.debug:
+        raise exc
+    code = getattr(exc, "exit_code", 1)
+    click.echo(f"Error: {exc}", err=True)
+    ctx.exit(code)
+
+
+def handle_errors(fn):
+    """User-facing errors end the command with their message and exit code, no traceback unless --debug."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except FermetricError as exc:
+            _fail(ctx, exc)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--plugins", "allow", metavar="NAMES", help="Comma-separated third-party plugins to load (default: all; env FERMETRIC_PLUGINS).")
+@click.version_option(package_name="fermetric")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, allow: str | None) -> None:
+    """Facial expression recognition with partial images and deep metric learning."""
+    if allow is not None:
+        os.environ["FERMETRIC_PLUGINS"] = allow
+    ctx.obj = Context(debug)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (and first unfinished fold).")
+@click.option("--fold", type=int, help="Run only this fold (0-based) of a k-fold protocol.")
+@handle_errors
+def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, fold: int | None) -> None:
+    """Train and evaluate RECIPE; write a run folder with metrics, plots and checkpoints."""
+    from .engine import run_recipe
+    from .progress import console
+
+    metrics, out_dir = run_recipe(recipe, out, list(overrides), resume=resume, fold=fold)
+    std = f" ± {metrics['accuracy_std']:.4f}" if "accuracy_std" in metrics else ""
+    tag = " (SYNTHETIC data)" if metrics.get("synthetic_data") else ""
+    console.print(f"[bold green]done[/]: accuracy {metrics['accuracy']:.4f}{std}, macro-F1 {metrics['macro_f1']:.4f}{tag} -> {out_dir}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--kind", type=click.Choice(["dataset", "cropper", "backbone", "loss", "sampler"]), help="Only this kind.")
+@handle_errors
+def plugins(as_json: bool, kind: str | None) -> None:
+    """List every registered component by kind: name, plugin, distribution and version, parameters."""
+    from .plugins import get_host
+
+    host = get_host()
+    described = host.describe()
+    if kind:
+        described = {kind: described[kind]}
+    problems = [{"plugin": p.plugin, "distribution": p.distribution, "error": p.error} for p in host.problems]
+    if as_json:
+        click.echo(json.dumps({"components": described, "problems": problems}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    for k, items in described.items():
+        table = Table(title=f"{k}s", title_justify="left", show_lines=False)
+        for col in ("name", "plugin", "distribution", "parameters"):
+            table.add_column(col, overflow="fold")
+        for item in items:
+            params = ", ".join(f"{n}: {p['type']}" + (f" = {p['default']!r}" if "default" in p else "") for n, p in item["params"].items())
+            table.add_row(item["name"], item["plugin"], f"{item['distribution']} {item['version']}", params)
+        out.print(table)
+    for p in problems:
+        out.print(f"[red]plugin problem[/] {p['plugin']} ({p['distribution']}): {p['error']}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@handle_errors
+def recipe(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Validate RECIPE and print it fully resolved (extends, overrides and defaults applied)."""
+    from .engine import load_recipe
+    from .plugins import get_host
+    from .recipe import dumps
+
+    click.echo(dumps(load_recipe(recipe, list(overrides), get_host())))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--preview", "n", type=int, default=16, show_default=True, help="Number of original/crop pairs in the grid.")
+@click.option("--out", type=click.Path(dir_okay=False), default="crop_preview.png", show_default=True, help="PNG to write.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@handle_errors
+def crop(recipe: str, n: int, out: str, overrides: tuple[str, ...]) -> None:
+    """Write a PNG grid of N original/cropped pairs from RECIPE's data, to check the crops by eye.
+
+    Do not publish grids of dataset faces whose terms forbid it (CK+, FER2013).
+    """
+    import numpy as np
+
+    from .croppers import preview_grid
+    from .engine import build, load_recipe
+    from .errors import NoFace
+    from .pipeline import decode, face_of
+    from .plugins import get_host
+    from .recipe import ENGINE_KEYS
+
+    host = get_host()
+    resolved = load_recipe(recipe, list(overrides), host)
+    dataset, _ = build(host, "dataset", resolved["data"], ENGINE_KEYS["data"])
+    cropper, _ = build(host, "cropper", resolved["crop"], ENGINE_KEYS["crop"])
+    picks = np.linspace(0, len(dataset.samples) - 1, min(n, len(dataset.samples))).round().astype(int)
+    pairs, titles = [], []
+    for i in picks:
+        sample = dataset.samples[i]
+        image = decode(sample)
+        try:
+            pairs.append((image, cropper(face_of(sample, image))))
+        except NoFace:
+            pairs.append((image, None))
+        titles.append(sample.label)
+    preview_grid(pairs, Path(out), titles=titles)
+    click.echo(f"wrote {out} ({len(pairs)} pairs, {sum(c is None for _, c in pairs)} without a face)")
+
+
+def main() -> None:
+    cli(prog_name="fermetric")
+
+
+if __name__ == "__main__":
+    main()

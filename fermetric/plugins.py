@@ -1,0 +1,328 @@
+"""Plugin loading and the component registries.
+
+fermetric owns one :class:`Registry` per kind of component. Plugins fill them through the hooks in
+:mod:`fermetric.hookspecs`; fermetric's own components are plugins too (``DEFAULT_PLUGINS``), loaded the same
+way as third-party packages found through the entry-point group ``fermetric``.
+
+``FERMETRIC_PLUGINS=name1,name2`` (or ``fermetric --plugins``) limits which third-party plugins load. A plugin
+that fails to import or to register is reported by name and distribution and never stops the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import FermetricError
+
+ENTRY_POINT_GROUP = "fermetric"
+
+# fermetric's own components, registered through the same hooks as any plugin.
+DEFAULT_PLUGINS = (
+    "fermetric.datasets",
+    "fermetric.croppers",
+    "fermetric.backbones",
+    "fermetric.losses",
+    "fermetric.samplers",
+)
+
+# hook name -> registry kind
+KINDS = {
+    "register_datasets": "dataset",
+    "register_croppers": "cropper",
+    "register_backbones": "backbone",
+    "register_losses": "loss",
+    "register_samplers": "sampler",
+}
+
+_MISSING = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword parameter of a component factory, as read from its signature."""
+
+    name: str
+    default: Any = _MISSING
+    annotation: Any = _MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def type_name(self) -> str:
+        if self.annotation is not _MISSING:
+            return _type_name(self.annotation)
+        if self.default is not _MISSING and self.default is not None:
+            return type(self.default).__name__
+        return "any"
+
+
+@dataclass
+class Component:
+    """A registered factory with who registered it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str | None
+    version: str | None
+    params: dict[str, Param] = field(default_factory=dict)
+    accepts_any: bool = False  # the factory takes **kwargs we could not resolve to names
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "factory": f"{getattr(self.factory, '__module__', '?')}.{getattr(self.factory, '__qualname__', self.factory)}",
+            "params": {
+                p.name: {
+                    "type": p.type_name(),
+                    **({"default": _jsonable(p.default)} if not p.required else {"required": True}),
+                }
+                for p in self.params.values()
+            },
+        }
+
+
+class Registry:
+    """Components of one kind, by name. The host owns it; plugins only call ``register``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Component] = {}
+
+    def add(self, component: Component) -> None:
+        existing = self._items.get(component.name)
+        if existing is not None:
+            raise FermetricError(
+                f"{self.kind} {component.name!r} is registered twice: by plugin {existing.plugin!r}"
+                f" ({existing.distribution or 'no distribution'}) and by plugin {component.plugin!r}"
+                f" ({component.distribution or 'no distribution'})"
+            )
+        self._items[component.name] = component
+
+    def get(self, name: str) -> Component:
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self):
+        return iter(sorted(self._items.values(), key=lambda c: c.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+@dataclass
+class PluginProblem:
+    plugin: str
+    distribution: str | None
+    error: str
+
+
+class PluginHost:
+    """Loads plugins once and holds the registries and the problems met while loading."""
+
+    def __init__(self, allow: list[str] | None = None, entry_points: bool = True):
+        self.pm = pluggy.PluginManager("fermetric")
+        self.pm.add_hookspecs(hookspecs)
+        self.registries = {kind: Registry(kind) for kind in KINDS.values()}
+        self.problems: list[PluginProblem] = []
+        self._dists: dict[str, tuple[str | None, str | None]] = {}
+        for module_name in DEFAULT_PLUGINS:
+            module = importlib.import_module(module_name)
+            self.pm.register(module, name=module_name)
+            self._dists[module_name] = ("fermetric", _dist_version("fermetric"))
+        if entry_points:
+            self._load_entry_points(allow)
+        for plugin in self.pm.get_plugins():
+            self._register_components(plugin)
+
+    def _load_entry_points(self, allow: list[str] | None) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            if allow is not None and ep.name not in allow and (dist or "") not in allow:
+                continue
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+            except Exception as exc:  # a broken plugin must not take the others down
+                self.problems.append(PluginProblem(ep.name, dist, f"failed to load: {type(exc).__name__}: {exc}"))
+                continue
+            self._dists[ep.name] = (dist, version)
+            self._check_hook_names(ep.name, module, dist)
+
+    def _check_hook_names(self, name: str, module: Any, dist: str | None) -> None:
+        # pluggy silently ignores a marked function whose name matches no hook; a typo would then register nothing.
+        known = set(KINDS)
+        for attr in dir(module):
+            obj = getattr(module, attr, None)
+            if callable(obj) and hasattr(obj, "fermetric_impl") and attr not in known:
+                import difflib
+
+                close = difflib.get_close_matches(attr, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.problems.append(PluginProblem(name, dist, f"unknown hook {attr!r}{hint}"))
+
+    def _register_components(self, plugin: Any) -> None:
+        plugin_name = self.pm.get_name(plugin)
+        dist, version = self._dists.get(plugin_name, (None, None))
+        for hook_name, kind in KINDS.items():
+            impl = getattr(plugin, hook_name, None)
+            if impl is None or not hasattr(impl, "fermetric_impl"):
+                continue
+            registry = self.registries[kind]
+
+            def register(name: str, factory: Callable[..., Any], _kind=kind, _reg=registry) -> None:
+                params, accepts_any = factory_params(factory)
+                _reg.add(Component(_kind, name, factory, plugin_name, dist, version, params, accepts_any))
+
+            try:
+                impl(register=register)
+            except FermetricError:
+                raise
+            except Exception as exc:
+                self.problems.append(PluginProblem(plugin_name, dist, f"{hook_name} failed: {type(exc).__name__}: {exc}"))
+
+    def registry(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def describe(self) -> dict[str, list[dict[str, Any]]]:
+        return {kind: [c.describe() for c in reg] for kind, reg in self.registries.items()}
+
+
+_host: PluginHost | None = None
+
+
+def get_host(refresh: bool = False) -> PluginHost:
+    """The process-wide plugin host, loaded on first use."""
+    global _host
+    if _host is None or refresh:
+        allow_env = os.environ.get("FERMETRIC_PLUGINS")
+        allow = [p.strip() for p in allow_env.split(",") if p.strip()] if allow_env is not None else None
+        _host = PluginHost(allow=allow)
+        for problem in _host.problems:
+            print(
+                f"fermetric: plugin {problem.plugin!r} ({problem.distribution or 'no distribution'}): {problem.error}",
+                file=sys.stderr,
+            )
+    return _host
+
+
+def factory_params(factory: Callable[..., Any]) -> tuple[dict[str, Param], bool]:
+    """Keyword parameters of a factory, following ``**kwargs`` up a class's MRO.
+
+    pytorch-metric-learning losses pass ``**kwargs`` to their base classes (distance, reducer, ...); walking the
+    MRO lets the recipe validator know those names too, so a misspelt parameter is caught before training.
+    """
+    params: dict[str, Param] = {}
+    targets = [c.__init__ for c in inspect.getmro(factory) if "__init__" in vars(c)] if inspect.isclass(factory) else [factory]
+    accepts_any = False
+    for target in targets:
+        if target is object.__init__:
+            break
+        try:
+            sig = inspect.signature(target)
+        except (TypeError, ValueError):
+            return params, True
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:
+            hints = {}
+        has_var_kw = False
+        for p in sig.parameters.values():
+            if p.name == "self" or p.kind == p.VAR_POSITIONAL:
+                continue
+            if p.kind == p.VAR_KEYWORD:
+                has_var_kw = True
+                continue
+            if target is not targets[0] and p.default is _MISSING:
+                continue  # a base class's required argument is the subclass's business, not the recipe's
+            if p.name not in params:
+                annotation = hints.get(p.name, p.annotation)
+                params[p.name] = Param(p.name, p.default, annotation)
+        if not has_var_kw:
+            return params, False
+        accepts_any = True
+        if target.__qualname__.split(".")[0] in ("Module", "ModuleWithRecords"):
+            # torch.nn.Module takes no parameters of ours; PML's record-keeping base takes collect_stats only.
+            accepts_any = False
+    return params, accepts_any
+
+
+def check_value(param: Param, value: Any) -> str | None:
+    """None if ``value`` fits the parameter's type, else the expected type's name."""
+    expected = param.annotation
+    if expected is _MISSING:
+        if param.default is _MISSING or param.default is None:
+            return None
+        expected = type(param.default)
+    return None if _fits(expected, value) else _type_name(expected)
+
+
+def _fits(expected: Any, value: Any) -> bool:
+    if expected in (Any, _MISSING) or isinstance(expected, str):
+        return True
+    origin = typing.get_origin(expected)
+    args = typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if expected is type(None):
+        return value is None
+    if expected is Path or (isinstance(expected, type) and issubclass(expected, os.PathLike)):
+        return isinstance(value, (str, os.PathLike))
+    if origin in (list, tuple, typing.Sequence) or expected in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = args[0] if args and origin is not tuple else (args[0] if args and len(args) == 2 and args[1] is Ellipsis else None)
+        return inner is None or all(_fits(inner, v) for v in value)
+    if origin is dict or expected is dict:
+        return isinstance(value, dict)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

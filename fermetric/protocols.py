@@ -1,0 +1,113 @@
+"""Evaluation protocols: which images train, select and test, per fold.
+
+``holdout``: one stratified split by ``test_fraction``; ``split``: a column of the dataset names the split
+(FER2013's ``usage``); ``kfold``: ``folds`` stratified folds. With ``group_by`` (``"subject"`` by default when the
+dataset has subject ids) no group ever sits on both sides of a split (scikit-learn's ``StratifiedGroupKFold``),
+so frames of one person, and of one sequence, never leak from training into test. Validation (model
+selection, early stopping) is always carved from the training side, grouped the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from .errors import FermetricError, RecipeError
+from .pipeline import Prepared
+
+
+@dataclass
+class Fold:
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def groups_of(prepared: Prepared, group_by: str) -> np.ndarray | None:
+    """The group id of every sample, or None for ungrouped splits."""
+    if group_by in ("none", ""):
+        return None
+    if group_by == "auto":
+        if all(s.subject for s in prepared.samples):
+            group_by = "subject"
+        else:
+            return None
+    if group_by == "subject":
+        missing = sum(1 for s in prepared.samples if not s.subject)
+        if missing:
+            raise RecipeError(
+                f"eval.group_by = \"subject\", but {missing} of {len(prepared.samples)} images have no subject id"
+                " (FER2013 has none); use eval.group_by = \"none\" or a dataset with a subject column"
+            )
+        return np.array([s.subject for s in prepared.samples])
+    missing = [s.key for s in prepared.samples if not s.meta.get(group_by)]
+    if missing:
+        raise RecipeError(f"eval.group_by = {group_by!r}: {len(missing)} images have no such column value, e.g. {missing[0]}")
+    return np.array([s.meta[group_by] for s in prepared.samples])
+
+
+def _splitter(n_splits: int, groups: np.ndarray | None, seed: int):
+    if groups is not None:
+        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def _carve(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` into (keep, held) with about ``fraction`` held out, grouped and stratified."""
+    if fraction <= 0 or len(indices) < 4:
+        return indices, indices[:0]
+    n_splits = max(2, int(round(1 / fraction)))
+    sub_groups = groups[indices] if groups is not None else None
+    if sub_groups is not None:
+        n_splits = min(n_splits, len(np.unique(sub_groups)))
+    n_splits = min(n_splits, max(2, np.bincount(labels[indices]).max()))
+    keep, held = next(_splitter(n_splits, sub_groups, seed).split(indices, labels[indices], sub_groups))
+    return indices[keep], indices[held]
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    return list(value)
+
+
+def make_folds(prepared: Prepared, eval_cfg: dict[str, Any], val_fraction: float, seed: int) -> list[Fold]:
+    labels = prepared.labels.numpy()
+    all_idx = np.arange(len(labels))
+    groups = groups_of(prepared, eval_cfg["group_by"])
+    protocol = eval_cfg["protocol"]
+    if protocol == "split":
+        column = eval_cfg["split_column"]
+        values = np.array([s.meta.get(column, "") for s in prepared.samples])
+        if not (values != "").any():
+            raise RecipeError(f"eval.protocol = \"split\": the dataset has no column {column!r} (set eval.split_column)")
+        train = all_idx[np.isin(values, _as_list(eval_cfg["train_split"]))]
+        test = all_idx[np.isin(values, _as_list(eval_cfg["test_split"]))]
+        val_names = _as_list(eval_cfg["val_split"])
+        if val_names:
+            val = all_idx[np.isin(values, val_names)]
+            train = np.setdiff1d(train, val)
+        else:
+            train, val = _carve(train, labels, groups, val_fraction, seed)
+        if not len(train) or not len(test):
+            raise RecipeError(
+                f"eval.protocol = \"split\": {len(train)} training and {len(test)} test images with {column} in"
+                f" {eval_cfg['train_split']!r} / {eval_cfg['test_split']!r} (values present: {', '.join(sorted(set(values)))})"
+            )
+        return [Fold(0, train, val, test)]
+    if protocol == "holdout":
+        train, test = _carve(all_idx, labels, groups, eval_cfg["test_fraction"], seed)
+        train, val = _carve(train, labels, groups, val_fraction, seed + 1)
+        return [Fold(0, train, val, test)]
+    k = eval_cfg["folds"]
+    if groups is not None and len(np.unique(groups)) < k:
+        raise FermetricError(f"eval.folds = {k} but only {len(np.unique(groups))} groups ({eval_cfg['group_by']})")
+    folds = []
+    for i, (train, test) in enumerate(_splitter(k, groups, seed).split(all_idx, labels, groups)):
+        train, val = _carve(train, labels, groups, val_fraction, seed + 1 + i)
+        folds.append(Fold(i, train, val, test))
+    return folds
