@@ -4,8 +4,11 @@ fermetric owns one :class:`Registry` per kind of component. Plugins fill them th
 :mod:`fermetric.hookspecs`; fermetric's own components are plugins too (``DEFAULT_PLUGINS``), loaded the same
 way as third-party packages found through the entry-point group ``fermetric``.
 
-``FERMETRIC_PLUGINS=name1,name2`` (or ``fermetric --plugins``) limits which third-party plugins load. A plugin
-that fails to import or to register is reported by name and distribution and never stops the others.
+``FERMETRIC_PLUGINS=name1,name2`` (or ``fermetric --plugins``) limits which third-party plugins load (entry-point or
+distribution names; an empty value loads none). A plugin that fails to import or to register, a hook name with a
+typo, and a component name registered twice are reported by plugin and distribution (``PluginHost.problems``,
+``fermetric plugins``) and never stop the others; a clashing name stays with whoever registered it first
+(built-ins first).
 """
 
 from __future__ import annotations
@@ -146,43 +149,67 @@ class PluginHost:
         self.registries = {kind: Registry(kind) for kind in KINDS.values()}
         self.problems: list[PluginProblem] = []
         self._dists: dict[str, tuple[str | None, str | None]] = {}
+        # Registration order decides who keeps a name registered twice: built-ins first, then entry points in
+        # discovery order. (pm.get_plugins() is a set, so its order cannot be used.)
+        self._order: list[str] = []
         for module_name in DEFAULT_PLUGINS:
             module = importlib.import_module(module_name)
             self.pm.register(module, name=module_name)
             self._dists[module_name] = ("fermetric", _dist_version("fermetric"))
+            self._order.append(module_name)
         if entry_points:
             self._load_entry_points(allow)
-        for plugin in self.pm.get_plugins():
-            self._register_components(plugin)
+        for plugin_name in self._order:
+            self._register_components(self.pm.get_plugin(plugin_name))
 
     def _load_entry_points(self, allow: list[str] | None) -> None:
+        wanted = {_normalize(a): a for a in allow} if allow is not None else None
+        matched: set[str] = set()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
-            if allow is not None and ep.name not in allow and (dist or "") not in allow:
-                continue
-            if self.pm.get_plugin(ep.name) is not None:
+            if wanted is not None:
+                hits = {_normalize(ep.name), _normalize(dist or "")} & set(wanted)
+                if not hits:
+                    continue
+                matched |= hits
+            if self.pm.get_plugin(ep.name) is not None or ep.name in self._dists:
+                other = self._dists.get(ep.name, (None, None))[0]
+                if other != dist:  # the same distribution seen twice on sys.path is not a problem
+                    self.problems.append(PluginProblem(
+                        ep.name, dist, f"not loaded: the plugin name {ep.name!r} is already taken by"
+                        f" {other or 'another plugin'}; rename one of the entry points"))
                 continue
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
                 self.problems.append(PluginProblem(ep.name, dist, f"failed to load: {type(exc).__name__}: {exc}"))
                 continue
             self._dists[ep.name] = (dist, version)
+            self._order.append(ep.name)
             self._check_hook_names(ep.name, module, dist)
+        for key in sorted(set(wanted or ()) - matched):
+            self.problems.append(PluginProblem(
+                wanted[key], None, "named in FERMETRIC_PLUGINS / --plugins, but no installed plugin or distribution"
+                " has that name (`fermetric plugins` lists what loaded)"))
 
     def _check_hook_names(self, name: str, module: Any, dist: str | None) -> None:
         # pluggy silently ignores a marked function whose name matches no hook; a typo would then register nothing.
         known = set(KINDS)
         for attr in dir(module):
             obj = getattr(module, attr, None)
-            if callable(obj) and hasattr(obj, "fermetric_impl") and attr not in known:
+            if not callable(obj):
+                continue
+            if hasattr(obj, "fermetric_impl") and attr not in known:
                 import difflib
 
                 close = difflib.get_close_matches(attr, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.problems.append(PluginProblem(name, dist, f"unknown hook {attr!r}{hint}"))
+            elif attr in known and not hasattr(obj, "fermetric_impl") and not hasattr(obj, "fermetric_spec"):
+                # Without the marker pluggy ignores the function, and the plugin would register nothing.
+                self.problems.append(PluginProblem(name, dist, f"{attr} is not marked with @fermetric.hookimpl, so it is ignored"))
 
     def _register_components(self, plugin: Any) -> None:
         plugin_name = self.pm.get_name(plugin)
@@ -195,13 +222,20 @@ class PluginHost:
 
             def register(name: str, factory: Callable[..., Any], _kind=kind, _reg=registry) -> None:
                 params, accepts_any = factory_params(factory)
-                _reg.add(Component(_kind, name, factory, plugin_name, dist, version, params, accepts_any))
+                try:
+                    _reg.add(Component(_kind, name, factory, plugin_name, dist, version, params, accepts_any))
+                except FermetricError as exc:
+                    # A name clash must not stop the other plugins (nor the clashing plugin's other components):
+                    # the first registration (built-ins first, then entry-point order) keeps the name.
+                    kept = _reg.get(name)
+                    self.problems.append(PluginProblem(
+                        plugin_name, dist, f"{exc}; {kept.plugin!r} keeps the name (choose with FERMETRIC_PLUGINS)"))
 
             try:
                 impl(register=register)
-            except FermetricError:
-                raise
             except Exception as exc:
+                if plugin_name in DEFAULT_PLUGINS:
+                    raise  # fermetric's own components failing is a bug to see, not a plugin problem
                 self.problems.append(PluginProblem(plugin_name, dist, f"{hook_name} failed: {type(exc).__name__}: {exc}"))
 
     def registry(self, kind: str) -> Registry:
@@ -212,15 +246,17 @@ class PluginHost:
 
 
 _host: PluginHost | None = None
+_host_allow_env: str | None = None
 
 
 def get_host(refresh: bool = False) -> PluginHost:
-    """The process-wide plugin host, loaded on first use."""
-    global _host
-    if _host is None or refresh:
-        allow_env = os.environ.get("FERMETRIC_PLUGINS")
+    """The process-wide plugin host, loaded on first use (and again if FERMETRIC_PLUGINS changed since)."""
+    global _host, _host_allow_env
+    allow_env = os.environ.get("FERMETRIC_PLUGINS")
+    if _host is None or refresh or allow_env != _host_allow_env:
         allow = [p.strip() for p in allow_env.split(",") if p.strip()] if allow_env is not None else None
         _host = PluginHost(allow=allow)
+        _host_allow_env = allow_env
         for problem in _host.problems:
             print(
                 f"fermetric: plugin {problem.plugin!r} ({problem.distribution or 'no distribution'}): {problem.error}",
@@ -276,7 +312,8 @@ def check_value(param: Param, value: Any) -> str | None:
     if expected is _MISSING:
         if param.default is _MISSING or param.default is None:
             return None
-        expected = type(param.default)
+        # An unannotated int default often stands for a real number (PML: neg_margin=1, alpha=2).
+        expected = float if type(param.default) is int else type(param.default)
     return None if _fits(expected, value) else _type_name(expected)
 
 
@@ -319,6 +356,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return repr(value)
+
+
+def _normalize(name: str) -> str:
+    """Distribution/plugin names compared as pip does: case and runs of ``-_.`` do not matter."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _dist_version(dist: str) -> str | None:
