@@ -267,6 +267,7 @@ class Runner:
         return {
             "protocol": "kfold",
             "folds": [f.index for f in folds],
+            "tta": self.recipe["eval"]["tta"],
             "accuracy": agg["accuracy"]["mean"],
             "accuracy_std": agg["accuracy"]["std"],
             "macro_f1": agg["macro_f1"]["mean"],
@@ -504,7 +505,7 @@ class Runner:
                 return (epoch + 1) / warmup
             if name == "cosine":
                 progress = (epoch - warmup) / max(1, epochs - warmup)
-                return 0.5 * (1 + np.cos(np.pi * progress))
+                return float(0.5 * (1 + np.cos(np.pi * progress)))
             if name == "step":
                 return 0.1 ** ((epoch - warmup) // max(1, (epochs - warmup) // 3))
             return 1.0

@@ -124,10 +124,16 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; anything else (arrays such as ``[[loss]]`` included) is replaced whole."""
+    """Tables merge key by key; anything else (arrays such as ``[[loss]]`` included) is replaced whole.
+
+    A component table that names another component starts afresh: the base's parameters belonged to the
+    base's component (the engine's own keys, such as a loss's ``weight``, are kept).
+    """
     out = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if _renames(out[key], value.get("name")):
+                out[key] = _engine_part(out[key], key)
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -159,8 +165,23 @@ def apply_override(recipe: dict[str, Any], item: str) -> None:
     if isinstance(node, list):
         index = _index(node, last, parts, allow_append=False)
         node[index] = value
-    else:
-        node[last] = value
+        return
+    if last == "name" and _renames(node, value):
+        # A new component's table starts afresh, keeping only the engine's keys (weight, lr, on_no_face, ...).
+        section = parts[0]
+        kept = _engine_part(node, section)
+        node.clear()
+        node.update(kept)
+    node[last] = value
+
+
+def _renames(table: dict[str, Any], new_name: Any) -> bool:
+    return isinstance(new_name, str) and "name" in table and table["name"] != new_name
+
+
+def _engine_part(table: dict[str, Any], section: str) -> dict[str, Any]:
+    keys = ENGINE_KEYS.get(section, set()) - {"name"}
+    return {k: v for k, v in table.items() if k in keys}
 
 
 def _step(node: Any, part: str, path: list[str], create: bool) -> Any:

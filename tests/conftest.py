@@ -35,6 +35,7 @@ TINY = [
     "data.per_class=3",
     "train.epochs=2",
     "train.batch_size=28",
+    "train.sampler.m=4",
     "eval.tsne=false",
     "eval.knn=false",
 ]
