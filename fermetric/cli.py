@@ -155,6 +155,34 @@ def crop(recipe: str, n: int, out: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"wrote {out} ({len(pairs)} pairs, {sum(c is None for _, c in pairs)} without a face)")
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="A grid axis, e.g. --grid crop.name=full_face,au_partial --grid loss.1.name=emlf,triplet,none"
+                   " (none drops the loss term). Repeatable; replaces the recipe's [ablate] grid.")
+@click.option("--seeds", type=int, help="Seeds per cell: seed s trains with train.seed + s (default: [ablate] seeds or 1).")
+@click.option("--baseline", metavar="CELL_OR_OVERRIDES",
+              help="The cell the others are compared with: a cell id or KEY=VALUE[,KEY=VALUE] (default: the first cell).")
+@click.option("--out", type=click.Path(file_okay=False), help="Ablation folder (default: runs/<recipe name>_ablate).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP + " Applies to every cell.")
+@click.option("--dry-run", is_flag=True, help="List the cells and their ids; train nothing.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed run instead of going on with the other cells.")
+@handle_errors
+def ablate(recipe: str, grid: tuple[str, ...], seeds: int | None, baseline: str | None, out: str | None,
+           overrides: tuple[str, ...], dry_run: bool, fail_fast: bool) -> None:
+    """Train every cell of a grid of overrides of RECIPE (x seeds), one after another, and compare them.
+
+    Writes OUT/results.csv (one row per cell x seed x fold) and OUT/results.md (mean ± std per cell, the
+    difference from the baseline cell and a paired Wilcoxon test). Run the same command again to resume.
+    """
+    from .ablate import run_ablation
+
+    result = run_ablation(recipe, list(grid), seeds=seeds, out=out, overrides=list(overrides), baseline=baseline,
+                          dry_run=dry_run, fail_fast=fail_fast)
+    if result.failed:
+        raise FermetricError(f"{len(result.failed)} cell(s) failed: {', '.join(result.failed)}; see error.txt in their folders")
+
+
 def main() -> None:
     cli(prog_name="fermetric")
 

@@ -63,7 +63,10 @@ def _carve(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, f
     n_splits = max(2, int(round(1 / fraction)))
     sub_groups = groups[indices] if groups is not None else None
     if sub_groups is not None:
-        n_splits = min(n_splits, len(np.unique(sub_groups)))
+        n_groups = len(np.unique(sub_groups))
+        if n_groups < 2:  # one person left: nothing can be held out without sharing them
+            return indices, indices[:0]
+        n_splits = min(n_splits, n_groups)
     n_splits = min(n_splits, max(2, np.bincount(labels[indices]).max()))
     keep, held = next(_splitter(n_splits, sub_groups, seed).split(indices, labels[indices], sub_groups))
     return indices[keep], indices[held]
@@ -87,10 +90,15 @@ def make_folds(prepared: Prepared, eval_cfg: dict[str, Any], val_fraction: float
             raise RecipeError(f"eval.protocol = \"split\": the dataset has no column {column!r} (set eval.split_column)")
         train = all_idx[np.isin(values, _as_list(eval_cfg["train_split"]))]
         test = all_idx[np.isin(values, _as_list(eval_cfg["test_split"]))]
+        if np.intersect1d(train, test).size:
+            raise RecipeError(f"eval.train_split {eval_cfg['train_split']!r} and eval.test_split {eval_cfg['test_split']!r} share images")
         val_names = _as_list(eval_cfg["val_split"])
         if val_names:
             val = all_idx[np.isin(values, val_names)]
             train = np.setdiff1d(train, val)
+            if np.intersect1d(val, test).size:
+                raise RecipeError(f"eval.val_split {eval_cfg['val_split']!r} overlaps eval.test_split {eval_cfg['test_split']!r}:"
+                                  " validation must never come from the test data")
         else:
             train, val = _carve(train, labels, groups, val_fraction, seed)
         if not len(train) or not len(test):
@@ -104,6 +112,8 @@ def make_folds(prepared: Prepared, eval_cfg: dict[str, Any], val_fraction: float
         train, val = _carve(train, labels, groups, val_fraction, seed + 1)
         return [Fold(0, train, val, test)]
     k = eval_cfg["folds"]
+    if k < 2:
+        raise RecipeError(f"eval.folds = {k}: k-fold needs at least 2 folds (use protocol = \"holdout\" for one split)")
     if groups is not None and len(np.unique(groups)) < k:
         raise FermetricError(f"eval.folds = {k} but only {len(np.unique(groups))} groups ({eval_cfg['group_by']})")
     folds = []
