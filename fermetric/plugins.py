@@ -225,6 +225,8 @@ class PluginHost:
                 try:
                     _reg.add(Component(_kind, name, factory, plugin_name, dist, version, params, accepts_any))
                 except FermetricError as exc:
+                    if plugin_name in DEFAULT_PLUGINS:
+                        raise  # two built-ins with one name is a bug in fermetric itself
                     # A name clash must not stop the other plugins (nor the clashing plugin's other components):
                     # the first registration (built-ins first, then entry-point order) keeps the name.
                     kept = _reg.get(name)

@@ -1,0 +1,41 @@
+"""fermetric-insightface: croppers built on insightface.
+
+* ``insightface_align``: ArcFace five-point alignment (insightface's similarity transform onto its template),
+  fed by fermetric's own landmarks (dlib, dataset, template: no model download, no model pack) or by
+  insightface's detector from a local model pack.
+* ``insightface_face``: the whole face framed by insightface's detector and 106-point landmarks, from a local
+  model pack.
+
+Nothing is ever downloaded and nothing is written to ``~/.insightface``: a missing model pack fails at once
+with a message naming the folder and the files it should hold. insightface is imported only when a cropper
+is built, so ``fermetric plugins`` stays fast and lists these croppers even where insightface is missing.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+import fermetric
+from fermetric_insightface.croppers import FivePointAligner, InsightFaceCropper, arcface_transform, five_from_68
+from fermetric_insightface.models import InsightFaceDetector, ModelPackError, check_model_pack
+
+try:
+    __version__ = version("fermetric-insightface")
+except PackageNotFoundError:
+    __version__ = "0+unknown"
+
+
+@fermetric.hookimpl
+def register_croppers(register):
+    register("insightface_align", FivePointAligner)
+    register("insightface_face", InsightFaceCropper)
+
+
+__all__ = [
+    "FivePointAligner",
+    "InsightFaceCropper",
+    "InsightFaceDetector",
+    "ModelPackError",
+    "arcface_transform",
+    "check_model_pack",
+    "five_from_68",
+    "register_croppers",
+]
