@@ -219,6 +219,7 @@ class Runner:
         cropper, crop_component = build(self.host, "cropper", self.recipe["crop"], recipe_mod.ENGINE_KEYS["crop"])
         backbone_component = self.host.registry("backbone").get(self.recipe["backbone"]["name"])
         loss_components = [self.host.registry("loss").get(t["name"]) for t in recipe_mod.losses_of(self.recipe)]
+        sampler_component = self.host.registry("sampler").get(self._sampler_table()["name"])
         prepared = prepare(
             dataset, cropper, self.recipe["crop"], Path(self.train_cfg["cache_dir"]),
             cropper_version=crop_component.version, description=f"cropping {dataset.name}",
@@ -237,7 +238,7 @@ class Runner:
             "started": started,
             "versions": versions(),
             "synthetic_data": prepared.synthetic,
-            "components": [component_record(c) for c in (data_component, crop_component, backbone_component, *loss_components)],
+            "components": [component_record(c) for c in (data_component, crop_component, backbone_component, *loss_components, sampler_component)],
             "data": {k: v for k, v in prepared.report.items()} | {"classes": prepared.classes},
             "folds": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
             "status": "running",
@@ -314,8 +315,7 @@ class Runner:
         optimizer = self._optimizer(model, terms)
         epochs = int(cfg["epochs"])
         scheduler = self._scheduler(optimizer, epochs)
-        sampler_spec = cfg["sampler"]
-        sampler_table = {"name": sampler_spec} if isinstance(sampler_spec, str) else dict(sampler_spec)
+        sampler_table = self._sampler_table()
         train_labels = prepared.labels[fold.train]
         sampler, _ = build(self.host, "sampler", sampler_table, {"name"}, labels=train_labels.tolist(),
                            batch_size=int(cfg["batch_size"]), seed=fold_seed)
@@ -434,6 +434,10 @@ class Runner:
                 console.print(f"early stop: no validation improvement for {stale} epochs")
                 break
         return self._evaluate(model, prepared, fold, fold_dir, ckpt_dir, best)
+
+    def _sampler_table(self) -> dict[str, Any]:
+        spec = self.train_cfg["sampler"]
+        return {"name": spec} if isinstance(spec, str) else dict(spec)
 
     def _meta(self, prepared: Prepared, fold: Fold, embedding_dim: int) -> dict[str, Any]:
         return {

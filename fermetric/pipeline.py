@@ -147,23 +147,29 @@ def prepare(
                 try:
                     key = f"{ckey}:{content_hash(sample)}"
                     cached = cache.get(key)
-                    if cached is not None:
-                        hits += 1
-                        status, crop = cached
-                        image = None
-                    else:
-                        image = decode(sample)
-                        try:
-                            crop = _checked(cropper(face_of(sample, image)), (height, width), crop_table)
-                            status = "ok"
-                        except NoFace as exc:
-                            crop, status = None, f"noface:{exc}"
-                        cache.put(key, status, crop)
-                        if n % 512 == 0:
-                            cache.commit()
+                    image = None if cached is not None else decode(sample)
                 except (OSError, ValueError, cv2.error) as exc:
+                    # Only reading the file is forgiven; a cropper that breaks is a bug and stops the run below.
                     unreadable.append({"file": sample.key, "error": f"{type(exc).__name__}: {exc}"})
                     continue
+                if cached is not None:
+                    hits += 1
+                    status, crop = cached
+                else:
+                    try:
+                        crop = _checked(cropper(face_of(sample, image)), (height, width), crop_table)
+                        status = "ok"
+                    except NoFace as exc:
+                        crop, status = None, f"noface:{exc}"
+                    except FermetricError:
+                        raise
+                    except Exception as exc:
+                        raise FermetricError(
+                            f"cropper {crop_table.get('name')!r} failed on {sample.key}: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    cache.put(key, status, crop)
+                    if n % 512 == 0:
+                        cache.commit()
                 if status != "ok":
                     reason = status.removeprefix("noface:")
                     if policy == "error":

@@ -38,7 +38,7 @@ def test_run_folder_is_complete_and_loss_decreases(tmp_path, tiny_overrides):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["seed"] == 0
     assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"]
-    assert {c["kind"] for c in run["components"]} == {"dataset", "cropper", "backbone", "loss"}
+    assert {c["kind"] for c in run["components"]} == {"dataset", "cropper", "backbone", "loss", "sampler"}
     assert all(c["distribution"] == "fermetric" for c in run["components"])
     state = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert state["epoch"] == 3 and state["meta"]["classes"] == saved["confusion_matrix"]["classes"]
@@ -121,8 +121,6 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
         'train.sampler="random"', "train.batch_size=8", f'train.cache_dir="{tmp_path / "cache"}"',
     ]
     recipe = engine.recipe_mod.load(QUICKSTART, overrides)
-    for key in ("subjects", "per_class", "size", "seed"):
-        recipe["data"].pop(key)
     recipe["crop"] = {"name": "full_face", "landmarks": "template"}
     from fermetric.plugins import get_host
 

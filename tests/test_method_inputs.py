@@ -103,3 +103,15 @@ def test_ckplus48_pidml_recipe_end_to_end(tmp_path):
     run = json.loads((out / "run.json").read_text())
     subjects = {s for s in run["data"]["classes"]}
     assert run["synthetic_data"] is False and subjects
+
+
+def test_a_broken_cropper_stops_the_run_naming_file_and_cropper(tmp_path):
+    class Broken:
+        output_size = (8, 8)
+
+        def __call__(self, face):
+            raise ValueError("bad maths")
+
+    sample = Sample(key="img-1", label="happy", image=np.zeros((16, 16), np.uint8))
+    with pytest.raises(FermetricError, match=r"cropper 'broken' failed on img-1: ValueError: bad maths"):
+        prepare(_dataset([sample]), Broken(), {"name": "broken"}, None)
