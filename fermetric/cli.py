@@ -67,7 +67,7 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     from .progress import console
 
     metrics, out_dir = run_recipe(recipe, out, list(overrides), resume=resume, fold=fold)
-    std = f" ± {metrics['accuracy_std']:.4f}" if "accuracy_std" in metrics else ""
+    std = f" ± {metrics['accuracy_std']:.4f} over {len(metrics['folds'])} folds" if len(metrics.get("folds", [])) > 1 else ""
     tag = " (SYNTHETIC data)" if metrics.get("synthetic_data") else ""
     console.print(f"[bold green]done[/]: accuracy {metrics['accuracy']:.4f}{std}, macro-F1 {metrics['macro_f1']:.4f}{tag} -> {out_dir}")
 
