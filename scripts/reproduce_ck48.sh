@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Reproduce the CK+48 results of docs/results.md (issue #4): the {full_face, au_partial} x {CE, CE+EMLF} grid,
+# then CE+triplet and CE+center on the au_partial crop, then the report. Resumable: run it again after an
+# interruption and finished runs are skipped, the unfinished one continues from its last checkpoint.
+#   bash scripts/reproduce_ck48.sh                 # writes runs/reproduce_ck48/{grid,losses} and docs/results.md
+#   OUT=runs/other bash scripts/reproduce_ck48.sh  # another output folder
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/reproduce_ck48}"
+FERMETRIC=.venv/bin/fermetric
+RECIPE=recipes/pidml/base.toml
+mkdir -p "$OUT"
+
+stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+echo "reproduce_ck48: start $(stamp)" | tee -a "$OUT/timing.log"
+
+# a. the 2x2 grid: crop x (CE alone = emlf weight 0, CE + EMLF = weight 0.5); baseline full_face + CE
+"$FERMETRIC" ablate "$RECIPE" \
+  --grid crop.name=full_face,au_partial \
+  --grid loss.1.weight=0,0.5 \
+  --baseline crop.name=full_face,loss.1.weight=0 \
+  --out "$OUT/grid"
+echo "reproduce_ck48: grid done $(stamp)" | tee -a "$OUT/timing.log"
+
+# b. the other metric losses in EMLF's place, on the recipe's au_partial crop (same train.seed, so same folds)
+"$FERMETRIC" ablate "$RECIPE" \
+  --grid 'loss.1={name="triplet",weight=0.5,margin=0.2,miner="batch_hard"},{name="center",weight=0.01,lr=0.05}' \
+  --out "$OUT/losses"
+echo "reproduce_ck48: losses done $(stamp)" | tee -a "$OUT/timing.log"
+
+# c. the report
+.venv/bin/python scripts/make_results.py "$OUT" > docs/results.md.tmp
+mv docs/results.md.tmp docs/results.md
+echo "reproduce_ck48: report written to docs/results.md $(stamp)" | tee -a "$OUT/timing.log"
