@@ -267,7 +267,7 @@ def script_commands() -> list[str]:
 
 
 # -- the report ---------------------------------------------------------------------------------------------
-def report(out: Path, note: str = "") -> str:
+def report(out: Path, note: str = "", fer: Path | None = None) -> str:
     cells = load_cells(out)
     c = {key: cells.get(key) for key, *_ in CELLS}
     label = {key: (crop, loss) for key, _, crop, loss, _ in CELLS}
@@ -460,10 +460,8 @@ def report(out: Path, note: str = "") -> str:
         " test folds do, input resolution, pretraining on large face data sets, and network size. Only the VGG19"
         " figure is on the same 981 images, and even there the folds are not known to be subject-independent.")
     add("")
-    add("## FER2013")
-    add("")
-    add("<!-- FER2013 section: filled by the lead -->")
-    add("")
+    L.extend(sweep_section(out))
+    L.extend(fer_section(fer))
 
     # -- what was odd ----------------------------------------------------------------------------------------
     add("## Run log: failures and anomalies")
@@ -635,7 +633,7 @@ def reading(c: dict, label: dict) -> list[str]:
             answer = "No"
         parts = [_verdict(c[k], c[r], f"{_cap(where)}, CE + EMLF", "CE alone") for k, r, where, _ in measured]
         out.append(f"**Does EMLF beat cross-entropy alone? {answer}.** " + " ".join(parts) +
-                   " One EMLF setting was tried, not tuned: weight 0.5 with the docs/method.md defaults (euclidean distance on"
+                   " In this grid one EMLF setting was used (Table 3 tries others): weight 0.5 with the docs/method.md defaults (euclidean distance on"
                    " L2-normalised embeddings, pos_margin 0, neg_margin 1.0, variant mean, pull_weight = push_weight = 1),"
                    " m_per_class batches of 8 images x 7 expressions, the same 20-epoch schedule as CE alone.")
     # -- why: training fit and embedding geometry
@@ -839,12 +837,120 @@ def anomalies(cells: dict, c: dict, label: dict) -> list[str]:
     return out
 
 
+def sweep_section(out: Path) -> list[str]:
+    """The EMLF parameters tried (scripts/reproduce_ck48.sh step c): the sweep ablation's own summary table."""
+    md = out / "emlf_sweep" / "results.md"
+    if not md.is_file():
+        return []
+    lines = md.read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    notes = [line for line in lines if line.startswith("- ") or line.startswith("Mean ±")]
+    verdict = []
+    csv_path = out / "emlf_sweep" / "results.csv"
+    if csv_path.is_file():
+        with csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        by_cell: dict[str, dict[tuple[int, int], float]] = {}
+        for r in rows:
+            by_cell.setdefault(r["cell"], {})[(int(r["seed"]), int(r["fold"]))] = float(r["accuracy"])
+        if len(by_cell) > 1:
+            base_id, *others = list(by_cell)
+            base_mean = _mean_std(list(by_cell[base_id].values()))[0]
+            best = max(others, key=lambda k: _mean_std(list(by_cell[k].values()))[0])
+            best_mean = _mean_std(list(by_cell[best].values()))[0]
+            test = paired_wilcoxon(by_cell[best], by_cell[base_id])
+            ahead = "ahead of" if best_mean > base_mean else "behind"
+            significant = test["p"] is not None and test["p"] < 0.05
+            verdict = [
+                f"**Reading.** The best EMLF setting tried, `{best}`, is {ahead} cross-entropy alone:"
+                f" {pct(best_mean)}% against {pct(base_mean)}% ({(best_mean - base_mean) * 100:+.2f} points,"
+                f" Wilcoxon {test['note']}): {'a significant' if significant else 'not a significant'} difference at"
+                " 0.05." + (" The cross-entropy baseline was retrained here and reproduced Table 1's au_partial + CE"
+                            " accuracies fold for fold (same seed, same folds, deterministic CPU training)."
+                            if _reproduces_grid_ce(out, by_cell[base_id]) else ""),
+                "",
+            ]
+    return [
+        "## Table 3: EMLF parameters tried (au_partial crop)",
+        "",
+        "After Table 1 showed EMLF at its defaults (weight 0.5, pos_margin 0) hurting accuracy, a smaller weight and a"
+        " positive-pair margin (positives closer than 0.5 cost nothing, so EMLF stops collapsing each expression to a"
+        " point) were tried on the same 10 folds; cross-entropy alone is the baseline cell, retrained in this ablation."
+        " Produced by step c of `scripts/reproduce_ck48.sh`; `loss.1` is the whole EMLF table of each cell.",
+        "",
+        *notes[:4],
+        "",
+        *table,
+        "",
+        *[line for line in notes[4:]],
+        "",
+        *verdict,
+    ]
+
+
+def _reproduces_grid_ce(out: Path, accuracies: dict[tuple[int, int], float]) -> bool:
+    grid = out / "grid" / "results.csv"
+    if not grid.is_file():
+        return False
+    with grid.open(newline="") as f:
+        ce = {(int(r["seed"]), int(r["fold"])): float(r["accuracy"]) for r in csv.DictReader(f)
+              if r.get("crop.name") == "au_partial" and float(r.get("loss.1.weight") or "nan") == 0}
+    return bool(ce) and ce == accuracies
+
+
+def fer_section(fer: Path | None) -> list[str]:
+    """FER2013: one run of scripts/reproduce_fer2013.sh (train on Training, report PublicTest)."""
+    head = ["## FER2013", ""]
+    metrics = _json(fer / "metrics.json") if fer else None
+    run = _json(fer / "run.json") if fer else None
+    if not metrics or not run:
+        return head + ["Not run: no finished `scripts/reproduce_fer2013.sh` run folder was given to this report.", ""]
+    hist = []
+    with (fer / "history.csv").open(newline="") as f:
+        hist = list(csv.DictReader(f))
+    recipe = tomllib.loads((fer / "recipe.toml").read_text())
+    train_s = sum(float(r["seconds"]) for r in hist)
+    started, finished = _time(run.get("started")), _time(run.get("finished"))
+    wall = (finished - started).total_seconds() if started and finished else math.nan
+    b, t = recipe["backbone"], recipe["train"]
+    recalls = ", ".join(f"{k} {pct(v)}" for k, v in metrics["per_class_recall"].items())
+    folds = run.get("folds", [{}])[0]
+    return head + [
+        f"- **Command**: `{run.get('command', '').replace(str(Path.cwd()) + '/', '')}` (`bash scripts/reproduce_fer2013.sh`)",
+        f"- **Hardware**: {cpu_model()}, 2 CPU cores, no GPU (`device = \"{run.get('device')}\"`). No GPU was lent to this work,"
+        " so the recipe ran on a CPU budget: the overrides in the command above shorten the schedule and narrow the CNN.",
+        f"- **Wall time**: {dur(wall)} in all ({dur(train_s)} of training epochs), {run.get('started')} to {run.get('finished')}.",
+        f"- **Data**: FER2013 Training ({folds.get('train')} images for training, {folds.get('val')} held out from Training to"
+        f" select the epoch) and PublicTest ({folds.get('test')} images). Pixel-identical duplicates were dropped first"
+        " (`dedupe_by = \"pixel_md5\"`, keeping the first copy, so a PublicTest image that repeats a Training image is"
+        " not tested); PublicTest was never used for training or selection.",
+        f"- **Recipe**: `{b['name']}` width {b.get('width')} depth {b.get('depth')}, {t['epochs']} epochs, {t['optimizer']} lr"
+        f" {t['lr']}, batch {t['batch_size']}, crop `{recipe['crop']['name']}`, losses "
+        + " + ".join(f"{x['name']} ({x.get('weight', 1.0)})" for x in recipe["loss"] if float(x.get("weight", 1.0)) != 0)
+        + f", test-time augmentation `{metrics.get('tta')}`; selected checkpoint: {metrics.get('selected_checkpoint')}.",
+        "",
+        "| split | images | accuracy | macro-F1 | k-NN P@1 | intra/inter |",
+        "|---|---|---|---|---|---|",
+        f"| PublicTest | {metrics['n_test']} | {pct(metrics['accuracy'])} | {pct(metrics['macro_f1'])} |"
+        f" {pct(metrics['embedding'].get('knn_precision_at_1', math.nan))} | {num(metrics['embedding']['intra_inter_ratio'])} |",
+        "",
+        f"Recall per expression (%): {recalls}.",
+        "",
+        f"**The 73.5% goal is not met** ({pct(metrics['accuracy'])}%): {t['epochs']} epochs of a small CNN on two CPU cores"
+        " are far from the published schedules (VGG19 73.112% and ResNet18 72.973% on PrivateTest, ResMaskingNet"
+        " 74.14%; those train for hundreds of epochs on GPUs, and PrivateTest is not available here). On a GPU,"
+        " `FER_BUDGET=\"\" bash scripts/reproduce_fer2013.sh` runs `recipes/pidml/fer2013_pidml.toml` as written.",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="runs/reproduce_ck48", help="the OUT folder of scripts/reproduce_ck48.sh")
     parser.add_argument("--note", default="", help="a sentence added to the report's status line (e.g. why it is incomplete)")
+    parser.add_argument("--fer", default="runs/reproduce_fer2013/pidml", help="the FER2013 run folder of scripts/reproduce_fer2013.sh")
     args = parser.parse_args()
-    sys.stdout.write(report(Path(args.out), args.note))
+    sys.stdout.write(report(Path(args.out), args.note, Path(args.fer)))
 
 
 if __name__ == "__main__":
