@@ -99,7 +99,8 @@ def manifest_dataset(
             if col not in (reader.fieldnames or []):
                 raise FermetricError(f"{manifest}: no column {col!r} (columns: {', '.join(reader.fieldnames or [])})")
         for row in reader:
-            label = rename.get(row[label_column], row[label_column]).strip()
+            raw = (row.get(label_column) or "").strip()  # a short row has no label: left out like an empty one
+            label = str(rename.get(raw, raw)).strip()
             if not label or (classes is not None and label not in classes):
                 continue
             if skip_duplicates and row.get("duplicate_of"):

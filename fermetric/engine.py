@@ -15,6 +15,7 @@ Run folder (one per recipe run; with k folds, each fold has the per-fold files i
 from __future__ import annotations
 
 import csv
+import hashlib
 import inspect
 import json
 import os
@@ -91,11 +92,20 @@ def build(host: PluginHost, kind: str, table: dict[str, Any], engine_keys: set[s
 
         params["distance"] = make_distance(params["distance"])
     try:
+        inspect.signature(component.factory).bind(**params)
+    except TypeError as exc:
+        raise RecipeError(f"{kind} {table['name']!r} rejected its parameters {params}: {exc}") from exc
+    except ValueError:
+        pass  # no introspectable signature: let the call decide
+    try:
         return component.factory(**params), component
     except FermetricError:
         raise
-    except (TypeError, ValueError) as exc:
-        raise RecipeError(f"{kind} {table['name']!r} rejected its parameters {params}: {exc}") from exc
+    except Exception as exc:
+        raise FermetricError(
+            f"{kind} {table['name']!r} ({component.plugin}, {component.distribution or 'no distribution'}) failed:"
+            f" {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def build_losses(host: PluginHost, recipe: dict[str, Any], num_classes: int, embedding_size: int) -> tuple[list[LossTerm], list[Component]]:
@@ -225,6 +235,7 @@ class Runner:
             cropper_version=crop_component.version, description=f"cropping {dataset.name}",
         )
         folds = make_folds(prepared, self.recipe["eval"], float(self.train_cfg["val_fraction"]), self.seed)
+        all_folds = folds
         if only_fold is not None:
             if not 0 <= only_fold < len(folds):
                 raise RecipeError(f"--fold {only_fold}: the protocol has folds 0..{len(folds) - 1}")
@@ -240,7 +251,7 @@ class Runner:
             "synthetic_data": prepared.synthetic,
             "components": [component_record(c) for c in (data_component, crop_component, backbone_component, *loss_components, sampler_component)],
             "data": {k: v for k, v in prepared.report.items()} | {"classes": prepared.classes},
-            "folds": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+            "folds": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in all_folds],
             "status": "running",
         }
         write_json(run_info, self.out / "run.json")
@@ -256,10 +267,17 @@ class Runner:
             write_json(run_info, self.out / "run.json")
             console.print(f"[yellow]interrupted[/]; continue with: fermetric run {self.recipe_path or 'RECIPE'} --out {self.out} --resume")
             raise
+        status = "finished"
+        if not single and only_fold is not None:
+            # One fold of several (--fold): aggregate whichever folds exist so far, and say the run is partial.
+            done = [json.loads(p.read_text()) for f in all_folds for p in [self.out / f"fold_{f.index:02d}" / "metrics.json"] if p.exists()]
+            per_fold, folds = done, [f for f in all_folds if (self.out / f"fold_{f.index:02d}" / "metrics.json").exists()]
+            if len(done) < len(all_folds):
+                status = f"partial ({len(done)} of {len(all_folds)} folds)"
         metrics = per_fold[0] if single else self._aggregate(per_fold, folds)
         metrics["synthetic_data"] = prepared.synthetic
         write_json(metrics, self.out / "metrics.json")
-        run_info.update(status="finished", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        run_info.update(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json(run_info, self.out / "run.json")
         return metrics
 
@@ -320,11 +338,15 @@ class Runner:
         sampler, _ = build(self.host, "sampler", sampler_table, {"name"}, labels=train_labels.tolist(),
                            batch_size=int(cfg["batch_size"]), seed=fold_seed)
         use_amp = bool(cfg["amp"]) and self.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 (Ampere and newer) needs no loss scaling; older GPUs get fp16 with a GradScaler. Emulated
+        # bf16 would be slow, so compute capability decides, on the device actually used.
+        native_bf16 = use_amp and torch.cuda.get_device_capability(self.device)[0] >= 8
+        amp_dtype = torch.bfloat16 if native_bf16 else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         augment = Augment(cfg["augment"])
 
         start_epoch, best = 0, {"score": -1.0, "epoch": -1}
+        stale, stopped = 0, False
         last = ckpt_dir / "last.pt"
         history_file = fold_dir / "history.csv"
         if last.exists():
@@ -336,8 +358,16 @@ class Runner:
                 term.module.load_state_dict(term_state)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            if state["scaler"] and scaler.is_enabled():  # a CPU or bf16 checkpoint has no scaler state
+                scaler.load_state_dict(state["scaler"])
+            if state["meta"].get("split_digest") != self._split_digest(prepared, fold):
+                raise FermetricError(
+                    f"--resume: the data or the split of fold {fold.index} changed since {last} was written (images"
+                    " added, removed, skipped or re-labelled); continuing would test on images the checkpoint trained"
+                    " on. Use another --out."
+                )
             start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
+            stale, stopped = int(state.get("stale", 0)), bool(state.get("stopped", False))
             _truncate_history(history_file, start_epoch)
             console.print(f"resumed from {last} at epoch {start_epoch}")
         elif history_file.exists():
@@ -346,9 +376,10 @@ class Runner:
         train_images = prepared.images[fold.train].to(self.device)
         train_targets = train_labels.to(self.device)
         has_val = len(fold.val) > 0
-        stale = 0
         fold_name = f"fold {fold.index + 1}/{n_folds} " if n_folds > 1 else ""
-        for epoch in range(start_epoch, epochs):
+        # history columns per term: the loss name, numbered when a recipe uses one loss twice
+        labels = [t.name if [u.name for u in terms].count(t.name) == 1 else f"{t.name}_{i}" for i, t in enumerate(terms)]
+        for epoch in range(start_epoch, epochs if not stopped else start_epoch):
             epoch_seed = fold_seed * 100003 + epoch
             seed_everything(epoch_seed)
             gen = torch.Generator().manual_seed(epoch_seed)
@@ -357,7 +388,7 @@ class Runner:
             model.train()
             for term in terms:
                 term.module.train()
-            sums = {t.name: 0.0 for t in terms}
+            sums = {label: 0.0 for label in labels}
             total, correct, seen, steps = 0.0, 0, 0, 0
             t0 = time.perf_counter()
             with progress_bar(TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s")) as bar:
@@ -385,8 +416,8 @@ class Runner:
                     scaler.update()
                     n = len(batch)
                     total += loss.item() * n
-                    for t, p in zip(terms, parts):
-                        sums[t.name] += p.item() * n
+                    for label, p in zip(labels, parts):
+                        sums[label] += p.item() * n
                     correct += int((logits.argmax(1) == y).sum())
                     seen += n
                     steps += 1
@@ -410,6 +441,7 @@ class Runner:
                 stale = 0
             else:
                 stale += 1
+            stopped = bool(cfg["patience"] and has_val and stale >= int(cfg["patience"]))
             _append_history(history_file, row)
             state = {
                 "model": model.state_dict(),
@@ -419,21 +451,33 @@ class Runner:
                 "scaler": scaler.state_dict(),
                 "epoch": epoch,
                 "best": best,
+                "stale": stale,
+                "stopped": stopped,
                 "meta": self._meta(prepared, fold, embedding_dim),
             }
-            atomic_save(state, last)
-            if improved:
+            if improved:  # before last.pt: a kill between the two writes must not leave last.pt naming a best.pt that is older
                 atomic_save({"model": state["model"], "losses": state["losses"], "epoch": epoch, "meta": state["meta"]}, ckpt_dir / "best.pt")
+            atomic_save(state, last)
             val_text = f" val_acc {row['val_accuracy']:.3f}" if has_val else ""
             terms_text = " ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in row.items() if k.startswith("loss_")) if len(terms) > 1 else ""
             console.print(
                 f"{fold_name}epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} {terms_text} train_acc"
                 f" {row['train_accuracy']:.3f}{val_text} {row['images_per_s']:.0f} img/s"
             )
-            if cfg["patience"] and has_val and stale >= int(cfg["patience"]):
+            if stopped:
                 console.print(f"early stop: no validation improvement for {stale} epochs")
                 break
         return self._evaluate(model, prepared, fold, fold_dir, ckpt_dir, best)
+
+    @staticmethod
+    def _split_digest(prepared: Prepared, fold: Fold) -> str:
+        """Which images (by key and label) a fold trains, selects and tests on: a resumed fold must see the same."""
+        digest = hashlib.sha1()
+        for part in (fold.train, fold.val, fold.test):
+            for i in part:
+                digest.update(f"{prepared.samples[i].key}\t{int(prepared.labels[i])}\n".encode())
+            digest.update(b"|")
+        return digest.hexdigest()
 
     def _sampler_table(self) -> dict[str, Any]:
         spec = self.train_cfg["sampler"]
@@ -448,6 +492,7 @@ class Runner:
             "crop": json.loads(json.dumps(self.recipe["crop"])),
             "input_size": list(prepared.images.shape[-2:]),
             "fold": fold.index,
+            "split_digest": self._split_digest(prepared, fold),
             "seed": self.seed,
             "synthetic_data": prepared.synthetic,
         }
@@ -510,8 +555,9 @@ class Runner:
             if name == "cosine":
                 progress = (epoch - warmup) / max(1, epochs - warmup)
                 return float(0.5 * (1 + np.cos(np.pi * progress)))
-            if name == "step":
-                return 0.1 ** ((epoch - warmup) // max(1, (epochs - warmup) // 3))
+            if name == "step":  # x0.1 after the first and the second third of the epochs after warm-up
+                third = max(1, -(-(epochs - warmup) // 3))
+                return 0.1 ** min(2, (epoch - warmup) // third)
             return 1.0
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -27,7 +27,7 @@ from .faces import FaceImage
 from .progress import progress_bar
 
 # Bump when the way crops are computed changes, so old cache entries are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -80,7 +80,11 @@ class CropCache:
         self.db = None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(folder / "crops.sqlite")
+            # Runs may share a cache folder (parallel folds or ablations): wait for the other writer, and let
+            # readers read while one writes.
+            self.db = sqlite3.connect(folder / "crops.sqlite", timeout=120)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.pending = 0
             self.db.execute("CREATE TABLE IF NOT EXISTS crops (key TEXT PRIMARY KEY, status TEXT, h INT, w INT, data BLOB)")
 
     def get(self, key: str) -> tuple[str, np.ndarray | None] | None:
@@ -100,10 +104,14 @@ class CropCache:
             "INSERT OR REPLACE INTO crops VALUES (?, ?, ?, ?, ?)",
             (key, status, h, w, crop.tobytes() if crop is not None else None),
         )
+        self.pending += 1
+        if self.pending >= 256:  # short transactions: never hold the write lock for long
+            self.commit()
 
     def commit(self) -> None:
         if self.db is not None:
             self.db.commit()
+            self.pending = 0
 
     def close(self) -> None:
         if self.db is not None:
@@ -112,9 +120,19 @@ class CropCache:
 
 
 def content_hash(sample: Sample) -> str:
+    """The image's bytes and, when the dataset gives landmarks, theirs: a crop depends on both, so a fixed or
+    added landmark file must not bring back the crop (or the "no face") computed without it."""
+    digest = hashlib.sha1()
     if sample.image is not None:
-        return hashlib.sha1(np.ascontiguousarray(sample.image).tobytes()).hexdigest()
-    return hashlib.sha1(Path(sample.path).read_bytes()).hexdigest()
+        digest.update(np.ascontiguousarray(sample.image).tobytes())
+    else:
+        digest.update(Path(sample.path).read_bytes())
+    if sample.landmarks is not None:
+        digest.update(b"landmarks:" + np.ascontiguousarray(sample.landmarks, dtype=np.float32).tobytes())
+    elif sample.landmarks_file is not None:
+        path = Path(sample.landmarks_file)
+        digest.update(b"landmarks-file:" + (path.read_bytes() if path.is_file() else b"missing:" + str(path).encode()))
+    return digest.hexdigest()
 
 
 def prepare(
@@ -140,7 +158,7 @@ def prepare(
     try:
         with progress_bar() as bar:
             task = bar.add_task(description, total=len(dataset.samples))
-            for n, sample in enumerate(dataset.samples):
+            for sample in dataset.samples:
                 bar.advance(task)
                 if sample.label not in class_index:
                     continue
@@ -168,8 +186,6 @@ def prepare(
                             f"cropper {crop_table.get('name')!r} failed on {sample.key}: {type(exc).__name__}: {exc}"
                         ) from exc
                     cache.put(key, status, crop)
-                    if n % 512 == 0:
-                        cache.commit()
                 if status != "ok":
                     reason = status.removeprefix("noface:")
                     if policy == "error":

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# soft_wrap: log lines stay whole in files and CI logs instead of wrapping at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def progress_bar(*extra_columns, transient: bool = True) -> Progress:

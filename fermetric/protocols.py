@@ -101,6 +101,16 @@ def make_folds(prepared: Prepared, eval_cfg: dict[str, Any], val_fraction: float
                                   " validation must never come from the test data")
         else:
             train, val = _carve(train, labels, groups, val_fraction, seed)
+        if groups is not None:
+            # A given split can put one person on both sides; with grouping asked for, that is leakage to refuse.
+            for name, part in (("training", train), ("validation", val)):
+                shared = sorted(set(groups[part]) & set(groups[test]))
+                if shared:
+                    raise RecipeError(
+                        f"eval.protocol = \"split\" with group_by = {eval_cfg['group_by']!r}: {len(shared)} groups are in both"
+                        f" the {name} and the test split (e.g. {', '.join(map(str, shared[:3]))}); fix the split column,"
+                        " or set eval.group_by = \"none\" to accept it"
+                    )
         if not len(train) or not len(test):
             raise RecipeError(
                 f"eval.protocol = \"split\": {len(train)} training and {len(test)} test images with {column} in"

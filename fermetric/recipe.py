@@ -249,6 +249,15 @@ def validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool = True)
             choices = CHOICES.get((section, key))
             if choices and value not in choices:
                 raise RecipeError(f"{section}.{key} = {value!r}: expected one of {', '.join(choices)}")
+    augment = recipe["train"]["augment"]
+    defaults = SCHEMA["train"]["augment"][1]
+    _check_known(augment.keys(), defaults.keys(), "key", "train.augment.")
+    for key, value in augment.items():
+        want = type(defaults[key])
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"train.augment.{key}: expected {want.__name__}, got {type(value).__name__} {value!r}")
+    # A partial table changes only the keys it names (the documented defaults stay for the others).
+    recipe["train"]["augment"] = {**defaults, **augment}
     crop_choice = recipe["crop"].get("on_no_face")
     if crop_choice not in CHOICES[("crop", "on_no_face")]:
         raise RecipeError(f"crop.on_no_face = {crop_choice!r}: expected one of {', '.join(CHOICES[('crop', 'on_no_face')])}")

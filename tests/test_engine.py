@@ -132,3 +132,15 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
     assert sorted(f["file"].rsplit("/", 1)[-1] for f in data["unreadable_files"]) == ["bad.png", "none.png"]
     assert data["images_used"] == 28
 
+
+
+def test_one_fold_of_kfold_is_a_partial_run_and_repeated_losses_get_own_columns(tmp_path, tiny_overrides):
+    out = tmp_path / "fold"
+    overrides = tiny_overrides + ["train.epochs=1", "eval.protocol=kfold", "eval.folds=3", "loss.2.name=emlf", "loss.2.weight=0.1"]
+    engine.run_recipe(QUICKSTART, str(out), overrides, fold=1)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "partial (1 of 3 folds)" and len(run["folds"]) == 3
+    assert json.loads((out / "metrics.json").read_text())["folds"] == [1]
+    assert {"loss_emlf_1", "loss_emlf_2", "loss_cross_entropy"} <= set(history(out / "fold_01/history.csv")[0])
+    engine.run_recipe(QUICKSTART, str(out), overrides, fold=0, resume=True)
+    assert json.loads((out / "metrics.json").read_text())["folds"] == [0, 1]

@@ -115,3 +115,18 @@ def test_a_broken_cropper_stops_the_run_naming_file_and_cropper(tmp_path):
     sample = Sample(key="img-1", label="happy", image=np.zeros((16, 16), np.uint8))
     with pytest.raises(FermetricError, match=r"cropper 'broken' failed on img-1: ValueError: bad maths"):
         prepare(_dataset([sample]), Broken(), {"name": "broken"}, None)
+
+
+def test_a_landmark_file_added_later_is_not_hidden_by_the_cache(tmp_path):
+    from fermetric import synthetic
+
+    face = synthetic.generate(n_subjects=1, per_class=1, size=64, seed=0)[0]
+    path = tmp_path / "face.png"
+    Image.fromarray(face.image).save(path)
+    sample = Sample(key="face", label="happy", path=path, landmarks_file=tmp_path / "face.npy")
+    table = {"name": "au_partial", "landmarks": "dataset", "on_no_face": "skip"}
+    with pytest.raises(FermetricError, match="no usable images"):
+        prepare(_dataset([sample]), AUPartialCropper(landmarks="dataset"), table, tmp_path / "cache")
+    np.save(tmp_path / "face.npy", face.landmarks)
+    second = prepare(_dataset([sample]), AUPartialCropper(landmarks="dataset"), table, tmp_path / "cache")
+    assert [s.key for s in second.samples] == ["face"] and second.report["cache_hits"] == 0

@@ -205,3 +205,19 @@ def test_validation_needs_two_training_subjects():
     for fold in make_folds(prepared, eval_cfg(protocol="kfold", folds=2, group_by="subject"), 0.5, seed=0):
         assert len(fold.val) == 0 and len(fold.train) and len(fold.test)
         assert_subject_independent(prepared, fold)
+
+
+def test_split_protocol_refuses_a_subject_on_both_sides():
+    import torch
+
+    from fermetric.datasets import Sample
+    from fermetric.pipeline import Prepared
+    from fermetric.protocols import make_folds
+
+    samples = [Sample(key=f"k{i}", label="a" if i % 2 else "b", subject=f"s{i // 4}", meta={"split": "test" if i in (3, 4) else "train"})
+               for i in range(16)]
+    prepared = Prepared(torch.zeros(16, 1, 4, 4, dtype=torch.uint8), torch.tensor([i % 2 for i in range(16)]), samples, ["b", "a"], False)
+    cfg = {"protocol": "split", "split_column": "split", "train_split": "train", "test_split": "test", "val_split": "", "group_by": "subject"}
+    with pytest.raises(RecipeError, match=r"groups are in both the training and the test split \(e.g. s0, s1\)"):
+        make_folds(prepared, cfg, 0.0, 0)
+    assert len(make_folds(prepared, cfg | {"group_by": "none"}, 0.0, 0)[0].test) == 2

@@ -169,3 +169,13 @@ def test_naming_another_component_starts_its_table_afresh(tmp_path):
     assert recipe["crop"] == {"name": "full_face"}
     same = R.load(tmp_path / "base.toml", ["loss.1.name=emlf"])
     assert same["loss"][1] == {"name": "emlf", "weight": 0.5}
+
+
+def test_augment_keys_are_checked_and_merged_onto_defaults(tmp_path, host):
+    path = write(tmp_path, "r.toml", BASE)
+    recipe = R.validate(R.load(path, ["train.augment={ flip = false }"]), host)
+    assert recipe["train"]["augment"] == {"flip": False, "shift": 0.1, "rotate": 10.0, "scale": 0.1}
+    with pytest.raises(RecipeError, match=r"train.augment.rotation: unknown key; did you mean 'train.augment.rotate'"):
+        R.validate(R.load(path, ["train.augment={ rotation = 15 }"]), host)
+    with pytest.raises(RecipeError, match=r"train.augment.flip: expected bool"):
+        R.validate(R.load(path, ["train.augment={ flip = 1 }"]), host)
