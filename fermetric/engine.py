@@ -360,7 +360,8 @@ class Runner:
             scheduler.load_state_dict(state["scheduler"])
             if state["scaler"] and scaler.is_enabled():  # a CPU or bf16 checkpoint has no scaler state
                 scaler.load_state_dict(state["scaler"])
-            if state["meta"].get("split_digest") != self._split_digest(prepared, fold):
+            saved_digest = state["meta"].get("split_digest")  # absent in checkpoints of fermetric before it was kept
+            if saved_digest is not None and saved_digest != self._split_digest(prepared, fold):
                 raise FermetricError(
                     f"--resume: the data or the split of fold {fold.index} changed since {last} was written (images"
                     " added, removed, skipped or re-labelled); continuing would test on images the checkpoint trained"
