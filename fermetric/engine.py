@@ -209,7 +209,9 @@ class Runner:
     # -- run folder -------------------------------------------------------------------------------------
     def _open_folder(self) -> None:
         recipe_file = self.out / "recipe.toml"
-        if recipe_file.exists():
+        # A folder whose first attempt failed before training saved anything holds nothing to lose.
+        trained = (self.out / "metrics.json").exists() or any(self.out.glob("**/checkpoints/last.pt"))
+        if recipe_file.exists() and trained:
             if not self.resume:
                 raise FermetricError(f"{self.out} already holds a run; pass --resume to continue it, or --out for a new folder")
             import tomllib

@@ -19,7 +19,7 @@ from typing import Any
 import tomli_w
 
 from .errors import RecipeError
-from .plugins import Param, PluginHost, check_value
+from .plugins import Param, PluginHost, check_value, factory_params
 
 # Keys of a component table that the engine reads itself; they are not passed to the component's factory.
 ENGINE_KEYS = {
@@ -350,6 +350,18 @@ def _check_miner(miner: Any, where: str) -> None:
         close = difflib.get_close_matches(str(name), list(MINERS), n=2, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise RecipeError(f"{where}.miner: unknown miner {name!r}{hint} (known: {', '.join(sorted(MINERS))})")
+    if isinstance(miner, dict):
+        params, accepts_any = factory_params(MINERS[name])
+        for key, value in miner.items():
+            if key == "name" or (key not in params and accepts_any):
+                continue
+            if key not in params:
+                close = difflib.get_close_matches(key, list(params), n=2, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise RecipeError(f"{where}.miner.{key}: miner {name!r} has no parameter {key!r}{hint} (its parameters: {', '.join(params)})")
+            expected = check_value(params[key], value)
+            if expected is not None and key != "distance":
+                raise RecipeError(f"{where}.miner.{key}: miner {name!r} expects {expected}, got {type(value).__name__} {value!r}")
 
 
 def _check_known(keys, known, what: str, prefix: str) -> None:

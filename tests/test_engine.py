@@ -144,3 +144,18 @@ def test_one_fold_of_kfold_is_a_partial_run_and_repeated_losses_get_own_columns(
     assert {"loss_emlf_1", "loss_emlf_2", "loss_cross_entropy"} <= set(history(out / "fold_01/history.csv")[0])
     engine.run_recipe(QUICKSTART, str(out), overrides, fold=0, resume=True)
     assert json.loads((out / "metrics.json").read_text())["folds"] == [0, 1]
+
+
+def test_a_run_that_failed_before_training_can_be_rerun_without_resume(tmp_path, tiny_overrides, monkeypatch):
+    out = tmp_path / "run"
+    real_prepare = engine.prepare
+
+    def failing(*args, **kwargs):
+        raise FermetricError("disk full")
+
+    monkeypatch.setattr(engine, "prepare", failing)
+    with pytest.raises(FermetricError, match="disk full"):
+        engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
+    monkeypatch.setattr(engine, "prepare", real_prepare)
+    metrics, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
+    assert (out / "metrics.json").is_file() and 0 <= metrics["accuracy"] <= 1

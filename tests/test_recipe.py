@@ -179,3 +179,10 @@ def test_augment_keys_are_checked_and_merged_onto_defaults(tmp_path, host):
         R.validate(R.load(path, ["train.augment={ rotation = 15 }"]), host)
     with pytest.raises(RecipeError, match=r"train.augment.flip: expected bool"):
         R.validate(R.load(path, ["train.augment={ flip = 1 }"]), host)
+
+
+def test_miner_parameters_are_checked(tmp_path, host):
+    path = write(tmp_path, "r.toml", BASE)
+    R.validate(R.load(path, ['loss.1.miner={ name = "multi_similarity", epsilon = 0.2 }']), host)
+    with pytest.raises(RecipeError, match=r"loss.1.miner.epsilom: miner 'multi_similarity' has no parameter 'epsilom'; did you mean 'epsilon'"):
+        R.validate(R.load(path, ['loss.1.miner={ name = "multi_similarity", epsilom = 0.1 }']), host)
