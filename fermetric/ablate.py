@@ -516,13 +516,6 @@ def _previous_duration(seed_dir: Path) -> float | None:
         return None
 
 
-def _same_recipe(path: Path, recipe: dict[str, Any]) -> bool:
-    try:
-        return tomllib.loads(path.read_text()) == json.loads(json.dumps(recipe))
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-
-
 def _ablate_table(base: dict[str, Any]) -> dict[str, Any]:
     table = base.pop("ablate", {})
     if not isinstance(table, dict):
@@ -571,7 +564,7 @@ def run_ablation(recipe_path: str, grid: list[str] | tuple[str, ...] = (), seeds
     recipes = {cell.id: cell_recipe(base, cell, host, cell_sets) for cell in cells}
     for cell in cells:
         path = out_dir / "cells" / cell.id / "recipe.toml"
-        if path.exists() and not _same_recipe(path, recipes[cell.id]):
+        if path.exists() and not recipe_mod.matches_file(path, recipes[cell.id]):
             raise FermetricError(f"{path} holds another recipe for cell {cell.label} (did the base recipe change?); use another --out")
     first = recipes[cells[0].id]
     base_seed = int(first["train"]["seed"])

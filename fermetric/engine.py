@@ -214,10 +214,7 @@ class Runner:
         if recipe_file.exists() and trained:
             if not self.resume:
                 raise FermetricError(f"{self.out} already holds a run; pass --resume to continue it, or --out for a new folder")
-            import tomllib
-
-            previous = tomllib.loads(recipe_file.read_text())
-            if previous != json.loads(json.dumps(self.recipe)):
+            if not recipe_mod.matches_file(recipe_file, self.recipe):
                 raise FermetricError(f"--resume: the recipe differs from the one in {recipe_file}; use another --out")
         self.out.mkdir(parents=True, exist_ok=True)
         recipe_file.write_text(recipe_mod.dumps(self.recipe))

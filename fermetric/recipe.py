@@ -374,3 +374,12 @@ def _check_known(keys, known, what: str, prefix: str) -> None:
 
 def dumps(recipe: dict[str, Any]) -> str:
     return tomli_w.dumps(recipe)
+
+
+def matches_file(path: Path, recipe: dict[str, Any]) -> bool:
+    """Whether a run folder's saved ``recipe.toml`` holds this resolved recipe (the guard against resuming or
+    reusing a folder made by another recipe). Compared as TOML would read it back."""
+    try:
+        return tomllib.loads(Path(path).read_text()) == tomllib.loads(dumps(recipe))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
