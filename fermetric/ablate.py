@@ -48,7 +48,6 @@ import json
 import math
 import re
 import time
-import tomllib
 import traceback
 import warnings
 from dataclasses import dataclass, field
