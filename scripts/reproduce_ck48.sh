@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the CK+48 results of docs/results.md (issue #4): the {full_face, au_partial} x {CE, CE+EMLF} grid,
-# then CE+triplet and CE+center on the au_partial crop, then the EMLF parameters tried, then a larger budget, then a pretrained backbone, then the report. Resumable: run it again after an
+# then CE+triplet and CE+center on the au_partial crop, then the EMLF parameters tried, then a larger budget,
+# then a pretrained backbone at 48x48 and at 96x96, then the report. Resumable: run it again after an
 # interruption and finished runs are skipped, the unfinished one continues from its last checkpoint.
 #   bash scripts/reproduce_ck48.sh                 # writes runs/reproduce_ck48/{grid,losses} and docs/results.md
 #   OUT=runs/other bash scripts/reproduce_ck48.sh  # another output folder
@@ -40,7 +41,11 @@ echo "reproduce_ck48: budget done $(stamp)" | tee -a "$OUT/timing.log"
 bash scripts/reproduce_ck48_pretrained.sh
 echo "reproduce_ck48: pretrained done $(stamp)" | tee -a "$OUT/timing.log"
 
-# f. the report (with the FER2013 run of scripts/reproduce_fer2013.sh when its folder exists)
+# f. the pretrained backbone with the partial image upsampled to 96x96 and flip test-time augmentation
+bash scripts/reproduce_ck48_pretrained96.sh
+echo "reproduce_ck48: pretrained96 done $(stamp)" | tee -a "$OUT/timing.log"
+
+# g. the report (with the FER2013 run of scripts/reproduce_fer2013.sh when its folder exists)
 .venv/bin/python scripts/make_results.py "$OUT" > docs/results.md.tmp
 mv docs/results.md.tmp docs/results.md
 echo "reproduce_ck48: report written to docs/results.md $(stamp)" | tee -a "$OUT/timing.log"
