@@ -219,9 +219,26 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         recipe_file.write_text(recipe_mod.dumps(self.recipe))
 
+    def _finished_metrics(self) -> dict[str, Any] | None:
+        """The metrics of this folder's run when --resume finds it finished (the recipe was checked to match)."""
+        run_file, metrics_file = self.out / "run.json", self.out / "metrics.json"
+        if not (self.resume and run_file.exists() and metrics_file.exists()):
+            return None
+        try:
+            finished = json.loads(run_file.read_text()).get("status") == "finished"
+        except json.JSONDecodeError:
+            return None
+        return json.loads(metrics_file.read_text()) if finished else None
+
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self, only_fold: int | None = None) -> dict[str, Any]:
         self._open_folder()
+        done = self._finished_metrics()
+        if done is not None:
+            # Resuming a finished run is a no-op: evaluating again would cost minutes and rewrite the
+            # run's start and end times, which reports read as its wall time.
+            console.print(f"{self.out}: already finished, skipped")
+            return done
         seed_everything(self.seed)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         dataset, data_component = build(self.host, "dataset", self.recipe["data"], recipe_mod.ENGINE_KEYS["data"])

@@ -84,6 +84,21 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_over
     assert [r["epoch"] for r in history(out / "history.csv")] == ["1", "2", "3"]
 
 
+def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_overrides, monkeypatch):
+    out = tmp_path / "run"
+    first, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
+    run_json, metrics_json = (out / "run.json").read_text(), (out / "metrics.json").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained or evaluated again")
+
+    monkeypatch.setattr(engine.Runner, "run_fold", no_training)
+    again, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"], resume=True)
+    assert again == json.loads(metrics_json) and again["accuracy"] == first["accuracy"]
+    assert (out / "run.json").read_text() == run_json  # start and end times (the run's wall time) kept
+    assert (out / "metrics.json").read_text() == metrics_json
+
+
 def test_kfold_writes_folds_and_aggregate(tmp_path, tiny_overrides):
     out = tmp_path / "kfold"
     metrics, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1", "eval.protocol=kfold", "eval.folds=3"])
