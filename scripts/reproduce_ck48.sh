@@ -3,7 +3,7 @@
 # then CE+triplet and CE+center on the au_partial crop, then the EMLF parameters tried, then a larger budget,
 # then a pretrained backbone at 48x48 and at 96x96, then the report. Resumable: run it again after an
 # interruption and finished runs are skipped, the unfinished one continues from its last checkpoint.
-#   bash scripts/reproduce_ck48.sh                 # writes runs/reproduce_ck48/{grid,losses} and docs/results.md
+#   bash scripts/reproduce_ck48.sh                 # writes runs/reproduce_ck48/<step> and docs/results.md
 #   OUT=runs/other bash scripts/reproduce_ck48.sh  # another output folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,7 @@ echo "reproduce_ck48: pretrained done $(stamp)" | tee -a "$OUT/timing.log"
 bash scripts/reproduce_ck48_pretrained96.sh
 echo "reproduce_ck48: pretrained96 done $(stamp)" | tee -a "$OUT/timing.log"
 
-# g. the report (with the FER2013 run of scripts/reproduce_fer2013.sh when its folder exists)
+# g. the report (with the FER2013 runs of scripts/reproduce_fer2013.sh when their folders exist)
 .venv/bin/python scripts/make_results.py "$OUT" > docs/results.md.tmp
 mv docs/results.md.tmp docs/results.md
 echo "reproduce_ck48: report written to docs/results.md $(stamp)" | tee -a "$OUT/timing.log"
