@@ -1017,6 +1017,24 @@ def table_bests(out: Path, c: dict, label: dict) -> list[tuple]:
     return rows
 
 
+def emlf_comparisons(out: Path, c: dict) -> list[tuple[str, float | None]]:
+    """('Table N, setting: ±x.xx points, p = ...', p) for each EMLF cell against cross-entropy alone in its table."""
+    found = []
+    if c.get("au_emlf") and c.get("au_ce") and c["au_emlf"]["rows"] and c["au_ce"]["rows"]:
+        delta, test, d = compare(c["au_emlf"], c["au_ce"])
+        found.append((f"Table 1, au_partial, EMLF at its defaults: {delta} points, {test}", d.get("p")))
+    for t in EXTRA_TABLES:
+        acc, names, base = ablation_accuracies(out, t.folder), ablation_labels(out, t.folder), ablation_baseline(out, t.folder)
+        for cell, name in names.items():
+            if cell != base and base in acc and name.startswith("CE + EMLF"):
+                a, b = acc[cell], acc[base]
+                shared = sorted(set(a) & set(b))
+                delta = 100 * sum(a[k] - b[k] for k in shared) / len(shared)
+                test = paired_wilcoxon(a, b)
+                found.append((f"Table {t.table}, {name[5:]}: {delta:+.2f} points, {test['note']}", test["p"]))
+    return found
+
+
 def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> list[str]:
     """The best cell of each table beside cross-entropy alone in the same table, and the goals."""
     rows = table_bests(out, c, label)
@@ -1036,6 +1054,13 @@ def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> li
     L += ["", f"- **CK+48 goal ({pct(GOAL)}%)**: {'met' if top[3] >= GOAL else 'not met'}; the best cell of all,"
           f" {top[2]} in Table {top[0]}, reaches {pct(top[3], top[4])}%. It is the best of {n_cells} cells tested on the"
           " same folds, so its mean is an optimistic estimate of what that setting would score on new subjects."]
+    emlf = emlf_comparisons(out, c)
+    if emlf:
+        significant = [text for text, p in emlf if p is not None and p < 0.05]
+        L.append("- **EMLF against cross-entropy alone**, paired by fold (Wilcoxon signed-rank): "
+                 + "; ".join(text for text, _ in emlf) + ". "
+                 + (f"Significant at 0.05: {'; '.join(significant)}." if significant else
+                    "No EMLF setting differs significantly from cross-entropy alone at 0.05."))
     if missing:
         L.append(f"- Not in this summary: Table{'s' if len(missing) > 1 else ''} {', '.join(missing)} (no finished"
                  " results yet).")
