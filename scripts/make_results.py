@@ -7,7 +7,7 @@ scripts/reproduce_fer2013.sh.
 
 Tables 1-2 come from OUT/grid and OUT/losses (two ``fermetric ablate`` folders): their ``results.csv`` (written
 when an ablation ends) and, for the runs still going or cut short, the per-fold ``fold_XX/metrics.json`` the same
-rows are made from, so a partial ablation gives a partial report with the missing folds marked. Tables 3-6 come
+rows are made from, so a partial ablation gives a partial report with the missing folds marked. Tables 3-7 come
 from the ablations listed in ``EXTRA_TABLES`` (their own results.md and results.csv, once finished), FER2013 from
 the finished runs of ``FER_RUNS`` under ``--fer``. Statistics come from
 ``fermetric.ablate`` (``_mean_std``, ``paired_wilcoxon``), the same code as the ablations' own results.md.
@@ -898,7 +898,7 @@ def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject:
 
 
 def ablation_baseline(out: Path, folder: str) -> str | None:
-    """The id of the ablation's baseline cell (cross-entropy alone in Tables 3-6), from its ablation.json."""
+    """The id of the ablation's baseline cell (cross-entropy alone in Tables 3-7), from its ablation.json."""
     return (_json(out / folder / "ablation.json") or {}).get("baseline")
 
 
@@ -948,7 +948,7 @@ class ExtraTable(NamedTuple):
     goal: float | None = None
 
 
-# Tables 3-6: one ablation each, baseline cell (cross-entropy alone) first
+# The tables after Table 2: one ablation each, whose baseline cell is cross-entropy alone
 EXTRA_TABLES = [
     ExtraTable(
         "emlf_sweep", "3", "EMLF weight and pos_margin (fer_cnn width 16, from scratch)",
@@ -994,6 +994,15 @@ EXTRA_TABLES = [
         "CE + EMLF (weight 0.5)",
         GOAL,
     ),
+    ExtraTable(
+        "pretrained96_full_face", "7", "the full face instead of the partial image, MobileNetV2 at 96x96",
+        "the full face on the pretrained backbone at 96x96",
+        "Table 6 with `crop.name = \"full_face\"` (the whole 48x48 face, upsampled to 96x96) in place of the partial"
+        " image: the paper's first idea measured again on the stronger backbone, on the same folds. Produced by the"
+        " second ablation of `scripts/reproduce_ck48_pretrained96.sh`.",
+        "CE + EMLF (weight 0.5)",
+        GOAL,
+    ),
 ]
 
 
@@ -1035,6 +1044,28 @@ def emlf_comparisons(out: Path, c: dict) -> list[tuple[str, float | None]]:
     return found
 
 
+def crop_comparisons(out: Path, c: dict) -> list[tuple[str, float | None]]:
+    """The partial image against the full face, paired by fold, for each loss: from scratch (Table 1) and on the
+    pretrained backbone at 96x96 (Table 6 against Table 7)."""
+    found = []
+    for au, ff, what in (("au_ce", "ff_ce", "CE"), ("au_emlf", "ff_emlf", "CE + EMLF")):
+        if c.get(au) and c.get(ff) and c[au]["rows"] and c[ff]["rows"]:
+            delta, test, d = compare(c[au], c[ff])
+            found.append((f"from scratch (Table 1), {what}: {delta} points, {test}", d.get("p")))
+    au_acc, au_names = ablation_accuracies(out, "pretrained96"), ablation_labels(out, "pretrained96")
+    ff_acc, ff_names = ablation_accuracies(out, "pretrained96_full_face"), ablation_labels(out, "pretrained96_full_face")
+    ff_by_name = {name: cell for cell, name in ff_names.items()}
+    for cell, name in au_names.items():
+        other = ff_by_name.get(name)
+        if other in ff_acc and cell in au_acc:
+            a, b = au_acc[cell], ff_acc[other]
+            shared = sorted(set(a) & set(b))
+            test = paired_wilcoxon(a, b)
+            found.append((f"pretrained at 96x96 (Table 6 vs 7), {name}: {100 * sum(a[k] - b[k] for k in shared) / len(shared):+.2f}"
+                          f" points, {test['note']}", test["p"]))
+    return found
+
+
 def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> list[str]:
     """The best cell of each table beside cross-entropy alone in the same table, and the goals."""
     rows = table_bests(out, c, label)
@@ -1042,8 +1073,9 @@ def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> li
         return []
     L = ["## Summary", "",
          "The best cell of each CK+48 table (mean ± standard deviation of the test accuracy over the 10"
-         " subject-independent folds, one seed, all cells of a table on the same folds; the tables after Table 2 on the"
-         " au_partial crop) beside cross-entropy alone in the same table. The tables below give the macro-F1, embedding metrics, paired tests and every cell.", "",
+         " subject-independent folds, one seed, all cells of a table on the same folds; Tables 3-6 on the au_partial"
+         " crop, Table 7 on the full face) beside cross-entropy alone in the same table. The tables below give the"
+         " macro-F1, embedding metrics, paired tests and every cell.", "",
          "| table | what changes | best cell | accuracy (%) | CE alone (%) | Wilcoxon, best cell vs CE alone | folds |",
          "|---|---|---|---|---|---|---|"]
     for table, what, name, m, sd, cm, csd, folds, test in rows:
@@ -1054,13 +1086,14 @@ def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> li
     L += ["", f"- **CK+48 goal ({pct(GOAL)}%)**: {'met' if top[3] >= GOAL else 'not met'}; the best cell of all,"
           f" {top[2]} in Table {top[0]}, reaches {pct(top[3], top[4])}%. It is the best of {n_cells} cells tested on the"
           " same folds, so its mean is an optimistic estimate of what that setting would score on new subjects."]
-    emlf = emlf_comparisons(out, c)
-    if emlf:
-        significant = [text for text, p in emlf if p is not None and p < 0.05]
-        L.append("- **EMLF against cross-entropy alone**, paired by fold (Wilcoxon signed-rank): "
-                 + "; ".join(text for text, _ in emlf) + ". "
-                 + (f"Significant at 0.05: {'; '.join(significant)}." if significant else
-                    "No EMLF setting differs significantly from cross-entropy alone at 0.05."))
+    for heading, found, none in (
+        ("EMLF against cross-entropy alone", emlf_comparisons(out, c), "No EMLF setting differs significantly from cross-entropy alone at 0.05."),
+        ("The partial image against the full face", crop_comparisons(out, c), "No difference is significant at 0.05."),
+    ):
+        significant = [text for text, p in found if p is not None and p < 0.05]
+        if found:
+            L.append(f"- **{heading}**, paired by fold (Wilcoxon signed-rank): " + "; ".join(text for text, _ in found) + ". "
+                     + (f"Significant at 0.05: {'; '.join(significant)}." if significant else none))
     if missing:
         L.append(f"- Not in this summary: Table{'s' if len(missing) > 1 else ''} {', '.join(missing)} (no finished"
                  " results yet).")
@@ -1074,7 +1107,7 @@ def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> li
 
 
 def extra_sections(out: Path) -> list[str]:
-    """Tables 3-6, each from its own ablation folder (skipped when the folder has no results yet)."""
+    """The tables after Table 2, each from its own ablation folder (skipped when it has no results yet)."""
     return [line for t in EXTRA_TABLES for line in embedded_ablation(
         out, t.folder, f"## Table {t.table}: {t.heading}", t.intro, t.subject, goal=t.goal)]
 
