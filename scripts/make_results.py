@@ -1213,7 +1213,8 @@ def fer_section(fer_out: Path | None) -> list[str]:
                      " faster than it generalises; more epochs alone would not close the gap.")
         else:
             L.append(f"- {what}: training accuracy {pct(train_acc)}% at the last epoch, validation accuracy {pct(val)}%"
-                     f" at the selected epoch {epoch:.0f} of {epochs}.")
+                     f" at the selected epoch {epoch:.0f} of {epochs}"
+                     + (": the last epoch was the best on validation, so validation accuracy was still rising when the schedule ended." if epoch >= epochs else "."))
     best_name, best_what, best = max(runs, key=lambda x: x[2]["metrics"]["accuracy"])
     acc = best["metrics"]["accuracy"]
     L += ["",
@@ -1221,8 +1222,10 @@ def fer_section(fer_out: Path | None) -> list[str]:
           f" {pct(acc)}% on PublicTest" + ("." if acc >= FER_GOAL else
           f", {100 * (FER_GOAL - acc):.2f} points short. The published single-network figures (VGG19 73.112% and"
           " ResNet18 72.973% on PrivateTest, ResMaskingNet 74.14%) come from GPU training schedules far longer than"
-          " these; PrivateTest is not available here. On a GPU, `FER_BUDGET=\"\" bash"
-          " scripts/reproduce_fer2013.sh` runs `recipes/pidml/fer2013_pidml.toml` as written (40 epochs, width 32)."),
+          " these; PrivateTest is not available here. On a GPU, `FER_BUDGET=\"\" OUT=runs/fer2013_gpu bash"
+          " scripts/reproduce_fer2013.sh` runs `recipes/pidml/fer2013_pidml.toml` as written (40 epochs, width 32), and"
+          " `OUT=runs/fer2013_gpu bash scripts/reproduce_fer2013_pretrained96.sh --set train.epochs=30` gives the"
+          " pretrained network a longer schedule."),
           ""]
     return L
 
