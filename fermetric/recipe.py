@@ -302,8 +302,7 @@ def _check_component(host: PluginHost, kind: str, table: dict[str, Any], where: 
     if not isinstance(name, str):
         raise RecipeError(f"{where}.name: missing; name one of the registered {kind}s: {', '.join(registry.names())}")
     if name not in registry:
-        close = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = _did_you_mean(name, registry.names(), n=3)
         raise RecipeError(
             f"{where}.name: unknown {kind} {name!r}{hint} (registered: {', '.join(registry.names())};"
             f" `fermetric plugins` lists them)"
@@ -319,10 +318,8 @@ def _check_component(host: PluginHost, kind: str, table: dict[str, Any], where: 
             if component.accepts_any:
                 continue
             valid = [p for p in component.params if p not in injected]
-            close = difflib.get_close_matches(key, valid, n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise RecipeError(
-                f"{where}.{key}: {kind} {name!r} has no parameter {key!r}{hint}"
+                f"{where}.{key}: {kind} {name!r} has no parameter {key!r}{_did_you_mean(key, valid)}"
                 f" (its parameters: {', '.join(valid) or 'none'})"
             )
         expected = check_value(param, value)
@@ -347,8 +344,7 @@ def _check_miner(miner: Any, where: str) -> None:
 
     name = miner if isinstance(miner, str) else miner.get("name") if isinstance(miner, dict) else None
     if name not in MINERS:
-        close = difflib.get_close_matches(str(name), list(MINERS), n=2, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = _did_you_mean(str(name), MINERS)
         raise RecipeError(f"{where}.miner: unknown miner {name!r}{hint} (known: {', '.join(sorted(MINERS))})")
     if isinstance(miner, dict):
         params, accepts_any = factory_params(MINERS[name])
@@ -356,8 +352,7 @@ def _check_miner(miner: Any, where: str) -> None:
             if key == "name" or (key not in params and accepts_any):
                 continue
             if key not in params:
-                close = difflib.get_close_matches(key, list(params), n=2, cutoff=0.5)
-                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                hint = _did_you_mean(key, params)
                 raise RecipeError(f"{where}.miner.{key}: miner {name!r} has no parameter {key!r}{hint} (its parameters: {', '.join(params)})")
             expected = check_value(params[key], value)
             if expected is not None and key != "distance":
@@ -367,9 +362,13 @@ def _check_miner(miner: Any, where: str) -> None:
 def _check_known(keys, known, what: str, prefix: str) -> None:
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
-            raise RecipeError(f"{prefix}{key}: unknown {what}{hint}")
+            raise RecipeError(f"{prefix}{key}: unknown {what}{_did_you_mean(key, known, prefix=prefix)}")
+
+
+def _did_you_mean(word: str, choices, n: int = 2, prefix: str = "") -> str:
+    """'; did you mean 'a' or 'b'?' for the choices close to a misspelt word, '' when none is."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
 
 
 def dumps(recipe: dict[str, Any]) -> str:
