@@ -233,12 +233,12 @@ class Runner:
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self, only_fold: int | None = None) -> dict[str, Any]:
         self._open_folder()
-        done = self._finished_metrics()
-        if done is not None:
+        finished = self._finished_metrics()
+        if finished is not None:
             # Resuming a finished run is a no-op: evaluating again would cost minutes and rewrite the
             # run's start and end times, which reports read as its wall time.
             console.print(f"{self.out}: already finished, skipped")
-            return done
+            return finished
         seed_everything(self.seed)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         dataset, data_component = build(self.host, "dataset", self.recipe["data"], recipe_mod.ENGINE_KEYS["data"])
@@ -276,8 +276,7 @@ class Runner:
         single = self.recipe["eval"]["protocol"] != "kfold"
         try:
             for fold in folds:
-                fold_dir = self.out if single else self.out / f"fold_{fold.index:02d}"
-                per_fold.append(self.run_fold(prepared, fold, fold_dir, len(folds)))
+                per_fold.append(self.run_fold(prepared, fold, self.out if single else self._fold_dir(fold), len(folds)))
         except KeyboardInterrupt:
             run_info["status"] = "interrupted"
             write_json(run_info, self.out / "run.json")
@@ -286,16 +285,19 @@ class Runner:
         status = "finished"
         if not single and only_fold is not None:
             # One fold of several (--fold): aggregate whichever folds exist so far, and say the run is partial.
-            done = [json.loads(p.read_text()) for f in all_folds for p in [self.out / f"fold_{f.index:02d}" / "metrics.json"] if p.exists()]
-            per_fold, folds = done, [f for f in all_folds if (self.out / f"fold_{f.index:02d}" / "metrics.json").exists()]
-            if len(done) < len(all_folds):
-                status = f"partial ({len(done)} of {len(all_folds)} folds)"
+            folds = [f for f in all_folds if (self._fold_dir(f) / "metrics.json").exists()]
+            per_fold = [json.loads((self._fold_dir(f) / "metrics.json").read_text()) for f in folds]
+            if len(folds) < len(all_folds):
+                status = f"partial ({len(folds)} of {len(all_folds)} folds)"
         metrics = per_fold[0] if single else self._aggregate(per_fold, folds)
         metrics["synthetic_data"] = prepared.synthetic
         write_json(metrics, self.out / "metrics.json")
         run_info.update(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json(run_info, self.out / "run.json")
         return metrics
+
+    def _fold_dir(self, fold: Fold) -> Path:
+        return self.out / f"fold_{fold.index:02d}"
 
     def _aggregate(self, per_fold: list[dict[str, Any]], folds: list[Fold]) -> dict[str, Any]:
         agg = aggregate(per_fold)
