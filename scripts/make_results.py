@@ -225,15 +225,20 @@ def acc_pairs(cell: dict | None) -> dict[tuple[int, int], float]:
     return {(r["seed"], r["fold"]): _number(r["accuracy"]) for r in cell["rows"]} if cell else {}
 
 
+def paired_delta(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) -> float | None:
+    """Mean of a - b over the (seed, fold) pairs both have; None when they share none."""
+    shared = set(a) & set(b)
+    return sum(a[k] - b[k] for k in shared) / len(shared) if shared else None
+
+
 def compare(cell: dict | None, ref: dict | None) -> tuple[str, str, dict]:
     """(Δ accuracy in points over the shared folds, Wilcoxon text, the test's dict)."""
     if not cell or not ref or not cell["rows"] or not ref["rows"]:
         return "—", "n/a (no results)", {}
     a, b = acc_pairs(cell), acc_pairs(ref)
-    shared = sorted(set(a) & set(b))
-    if not shared:
+    delta = paired_delta(a, b)
+    if delta is None:
         return "—", "n/a (no shared folds)", {}
-    delta = sum(a[k] - b[k] for k in shared) / len(shared)
     test = paired_wilcoxon(a, b)
     text = f"p = {test['p']:.3g} (n = {test['n']}" + (f", {test['n'] - test['n_nonzero']} zero difference{'s' if test['n'] - test['n_nonzero'] > 1 else ''}" if test["n_nonzero"] < test["n"] else "") + ")" \
         if test["p"] is not None else test["note"]
@@ -306,7 +311,8 @@ def report(out: Path, note: str = "", fer: Path | None = None) -> str:
         add(f"> {note}")
         add("")
 
-    L.extend(summary_section(out, c, label, fer))
+    bests = table_bests(out, c, label)
+    L.extend(summary_section(out, c, bests, fer))
 
     # -- how -----------------------------------------------------------------------------------------------
     add("## How these numbers were produced")
@@ -463,7 +469,6 @@ def report(out: Path, note: str = "", fer: Path | None = None) -> str:
     if best_key:
         acc = stats(c[best_key], "accuracy")
         add(f"| **ours, best cell of Tables 1-2** ({label[best_key][0]} + {label[best_key][1]}) | {pct(acc[0])}% ± {pct(acc[1])} | CK+48, 981 images, 7 classes, 10-fold grouped by subject, {len(c[best_key]['rows'])} folds, one seed, from scratch on a CPU |")
-    bests = table_bests(out, c, label)
     if bests and max(bests, key=lambda r: r[3])[0] != "1-2":
         top = max(bests, key=lambda r: r[3])
         add(f"| **ours, best cell of all tables** (Table {top[0]}: {top[2]}; {top[1]}) | {pct(top[3])}% ± {pct(top[4])} | the same protocol and folds, {top[7]} folds, one seed, on a CPU |")
@@ -1036,11 +1041,8 @@ def emlf_comparisons(out: Path, c: dict) -> list[tuple[str, float | None]]:
         acc, names, base = ablation_accuracies(out, t.folder), ablation_labels(out, t.folder), ablation_baseline(out, t.folder)
         for cell, name in names.items():
             if cell != base and base in acc and name.startswith("CE + EMLF"):
-                a, b = acc[cell], acc[base]
-                shared = sorted(set(a) & set(b))
-                delta = 100 * sum(a[k] - b[k] for k in shared) / len(shared)
-                test = paired_wilcoxon(a, b)
-                found.append((f"Table {t.table}, {name[5:]}: {delta:+.2f} points, {test['note']}", test["p"]))
+                delta, test = paired_delta(acc[cell], acc[base]), paired_wilcoxon(acc[cell], acc[base])
+                found.append((f"Table {t.table}, {name[5:]}: {100 * delta:+.2f} points, {test['note']}", test["p"]))
     return found
 
 
@@ -1058,17 +1060,13 @@ def crop_comparisons(out: Path, c: dict) -> list[tuple[str, float | None]]:
     for cell, name in au_names.items():
         other = ff_by_name.get(name)
         if other in ff_acc and cell in au_acc:
-            a, b = au_acc[cell], ff_acc[other]
-            shared = sorted(set(a) & set(b))
-            test = paired_wilcoxon(a, b)
-            found.append((f"pretrained at 96x96 (Table 6 vs 7), {name}: {100 * sum(a[k] - b[k] for k in shared) / len(shared):+.2f}"
-                          f" points, {test['note']}", test["p"]))
+            delta, test = paired_delta(au_acc[cell], ff_acc[other]), paired_wilcoxon(au_acc[cell], ff_acc[other])
+            found.append((f"pretrained at 96x96 (Table 6 vs 7), {name}: {100 * delta:+.2f} points, {test['note']}", test["p"]))
     return found
 
 
-def summary_section(out: Path, c: dict, label: dict, fer_out: Path | None) -> list[str]:
-    """The best cell of each table beside cross-entropy alone in the same table, and the goals."""
-    rows = table_bests(out, c, label)
+def summary_section(out: Path, c: dict, rows: list[tuple], fer_out: Path | None) -> list[str]:
+    """The best cell of each table (``table_bests``) beside cross-entropy alone in the same table, and the goals."""
     if not rows:
         return []
     L = ["## Summary", "",
