@@ -16,4 +16,17 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("fermetric")
 
-__all__ = ["hookimpl", "__version__"]
+
+
+def load_model(path, device: str = "auto", **kwargs):
+    """A trained model from a run folder or a checkpoint file: ``.predict(inputs)``, ``.embed(inputs)``.
+
+    Imported on first use, so that ``import fermetric`` (which every plugin does) stays light. Keyword arguments:
+    ``fold`` (k-fold runs), ``detect`` (auto | dlib | haar | none); see :func:`fermetric.inference.load_model`.
+    """
+    from fermetric.inference import load_model as _load
+
+    return _load(path, device=device, **kwargs)
+
+
+__all__ = ["hookimpl", "load_model", "__version__"]

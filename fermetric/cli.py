@@ -56,17 +56,25 @@ def cli(ctx: click.Context, debug: bool, allow: str | None) -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run folder (default: runs/<recipe file name without .toml>, e.g. runs/ck48_pidml for"
+                   " recipes/pidml/ck48_pidml.toml; the recipe's `name` does not matter).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (and first unfinished fold).")
 @click.option("--fold", type=int, help="Run only this fold (0-based) of a k-fold protocol.")
 @handle_errors
 def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, fold: int | None) -> None:
-    """Train and evaluate RECIPE; write a run folder with metrics, plots and checkpoints."""
+    """Train and evaluate RECIPE; write a run folder with metrics, plots and checkpoints.
+
+    RECIPE is a file or a packaged recipe, fermetric:NAME (`fermetric recipes` lists them).
+    """
     from .engine import run_recipe
     from .progress import console
+    from .recipe import recipe_stem
 
+    out = out or str(Path("runs") / recipe_stem(recipe))
     metrics, out_dir = run_recipe(recipe, out, list(overrides), resume=resume, fold=fold)
+    # A standard deviation needs two folds: one fold (--fold K, holdout, split) reports none.
     std = f" ± {metrics['accuracy_std']:.4f} over {len(metrics['folds'])} folds" if len(metrics.get("folds", [])) > 1 else ""
     tag = " (SYNTHETIC data)" if metrics.get("synthetic_data") else ""
     console.print(f"[bold green]done[/]: accuracy {metrics['accuracy']:.4f}{std}, macro-F1 {metrics['macro_f1']:.4f}{tag} -> {out_dir}")
@@ -74,7 +82,7 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--kind", type=click.Choice(["dataset", "cropper", "backbone", "loss", "sampler"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["dataset", "cropper", "backbone", "loss", "sampler", "distance", "miner", "callback"]), help="Only this kind.")
 @handle_errors
 def plugins(as_json: bool, kind: str | None) -> None:
     """List every registered component by kind: name, plugin, distribution and version, parameters."""
@@ -89,19 +97,64 @@ def plugins(as_json: bool, kind: str | None) -> None:
         click.echo(json.dumps({"components": described, "problems": problems}, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     out = Console()
+    if not out.is_terminal:
+        # A pipe or a file: plain lines that no table layout can wrap into columns.
+        click.echo(_plain_plugins(described, problems, out.width), nl=False)
+        return
+    from rich.table import Table
+
     for k, items in described.items():
-        table = Table(title=f"{k}s", title_justify="left", show_lines=False)
+        table = Table(title=_plural(k), title_justify="left", show_lines=False)
         for col in ("name", "plugin", "distribution", "parameters"):
             table.add_column(col, overflow="fold")
         for item in items:
-            params = ", ".join(f"{n}: {p['type']}" + (f" = {p['default']!r}" if "default" in p else "") for n, p in item["params"].items())
-            table.add_row(item["name"], item["plugin"], f"{item['distribution']} {item['version']}", params)
+            table.add_row(item["name"], item["plugin"], f"{item['distribution']} {item['version']}", ", ".join(_param_texts(item)))
         out.print(table)
     for p in problems:
         out.print(f"[red]plugin problem[/] {p['plugin']} ({p['distribution']}): {p['error']}")
+
+
+KIND_PLURALS = {"loss": "losses"}
+
+
+def _plural(kind: str) -> str:
+    return KIND_PLURALS.get(kind, kind + "s")
+
+
+def _param_texts(item: dict, short: bool = False) -> list[str]:
+    """``name: type = default`` per parameter; ``short`` drops module paths from types (``Path``, not ``pathlib.Path``)."""
+    import re
+
+    def typ(text: str) -> str:
+        return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text) if short else text
+
+    return [f"{n}: {typ(p['type'])}" + (f" = {p['default']!r}" if "default" in p else "") for n, p in item["params"].items()]
+
+
+def _plain_plugins(described: dict, problems: list[dict], width: int) -> str:
+    """``fermetric plugins`` for a pipe: per kind a heading, per component a line ``name  plugin (distribution
+    version)`` and its parameters on indented lines, wrapped between parameters at ``width``."""
+    lines = []
+    for k, items in described.items():
+        lines.append(f"{_plural(k)} ({len(items)})")
+        pad = max((len(item["name"]) for item in items), default=0)
+        for item in items:
+            source = f"{item['distribution']} {item['version']}"
+            if item["plugin"] != item["distribution"]:
+                source = f"{item['plugin']} ({source})"
+            lines.append(f"  {item['name']:<{pad}}  {source}")
+            line = "      "
+            for text in _param_texts(item, short=True) or ["(no parameters)"]:
+                if line.strip() and len(line) + len(text) + 2 > width:
+                    lines.append(line.rstrip() + ",")
+                    line = "      "
+                line += (", " if line.strip() else "") + text
+            lines.append(line)
+        lines.append("")
+    lines += [f"plugin problem {p['plugin']} ({p['distribution']}): {p['error']}" for p in problems]
+    return "\n".join(lines) + ("\n" if problems else "")
 
 
 @cli.command()
@@ -109,7 +162,11 @@ def plugins(as_json: bool, kind: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @handle_errors
 def recipe(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE and print it fully resolved (extends, overrides and defaults applied)."""
+    """Validate RECIPE and print it fully resolved (extends, overrides and defaults applied).
+
+    RECIPE is a file or a packaged recipe, fermetric:NAME. Paths come out absolute: a relative path in a recipe
+    file is read from that file's folder, one given with --set from the current folder.
+    """
     from .engine import load_recipe
     from .plugins import get_host
     from .recipe import dumps
@@ -117,30 +174,75 @@ def recipe(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(dumps(load_recipe(recipe, list(overrides), get_host())))
 
 
+@cli.command("recipes")
+@click.option("--copy", "copy", nargs=2, metavar="NAME DEST",
+              help="Copy packaged recipe NAME to DEST (a file, or a folder to copy into) to edit it: its extends"
+                   " become fermetric:... references and its relative paths absolute, so the copy works anywhere.")
+@click.option("--force", is_flag=True, help="With --copy: overwrite DEST.")
+@handle_errors
+def recipes(copy: tuple[str, str] | None, force: bool) -> None:
+    """List the recipes installed with fermetric (use them as fermetric:NAME), or copy one to edit."""
+    import shutil
+    import textwrap
+
+    from .recipe import PACKAGED_PREFIX, packaged_copy_text, packaged_description, packaged_recipes, resolve_recipe_path
+
+    if copy:
+        name, dest = copy
+        name = name.removeprefix(PACKAGED_PREFIX)
+        source = resolve_recipe_path(PACKAGED_PREFIX + name)
+        target = Path(dest).expanduser()
+        if target.is_dir() or dest.endswith(("/", os.sep)):
+            target = target / source.name
+        if target.exists() and not force:
+            raise FermetricError(f"{target} exists; pass --force to overwrite it")
+        from .plugins import get_host
+
+        text = packaged_copy_text(name, get_host())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        click.echo(f"copied {PACKAGED_PREFIX}{name} to {target.resolve()}")
+        return
+    names = packaged_recipes()
+    width = max(40, shutil.get_terminal_size().columns)
+    pad = max(len(n) for n in names) + 2
+    intro = (f"{len(names)} packaged recipes: use one as fermetric:NAME (`fermetric run fermetric:quickstart.toml`,"
+             f" `extends = \"fermetric:pidml/base.toml\"`), or copy it to edit with `fermetric recipes --copy NAME DEST`.")
+    click.echo("\n".join(textwrap.wrap(intro, width)))
+    for name in names:
+        lines = textwrap.wrap(packaged_description(name), max(20, width - pad - 2)) or [""]
+        click.echo(f"  {name:<{pad}}{lines[0]}")
+        for line in lines[1:]:
+            click.echo(" " * (pad + 2) + line)
+
+
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--preview", "n", type=int, default=16, show_default=True, help="Number of original/crop pairs in the grid.")
-@click.option("--out", type=click.Path(dir_okay=False), default="crop_preview.png", show_default=True, help="PNG to write.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="PNG to write (default: runs/<recipe file name without .toml>/crop_preview.png, beside the run).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @handle_errors
-def crop(recipe: str, n: int, out: str, overrides: tuple[str, ...]) -> None:
+def crop(recipe: str, n: int, out: str | None, overrides: tuple[str, ...]) -> None:
     """Write a PNG grid of N original/cropped pairs from RECIPE's data, to check the crops by eye.
 
     Do not publish grids of dataset faces whose terms forbid it (CK+, FER2013).
     """
     import numpy as np
 
-    from .croppers import preview_grid
-    from .engine import build, load_recipe
+    from .build import build
+    from .components.croppers import preview_grid
+    from .data.pipeline import decode, face_of
+    from .engine import load_recipe
     from .errors import NoFace
-    from .pipeline import decode, face_of
     from .plugins import get_host
-    from .recipe import ENGINE_KEYS
+    from .recipe import recipe_stem
 
     host = get_host()
     resolved = load_recipe(recipe, list(overrides), host)
-    dataset, _ = build(host, "dataset", resolved["data"], ENGINE_KEYS["data"])
-    cropper, _ = build(host, "cropper", resolved["crop"], ENGINE_KEYS["crop"])
+    out = out or str(Path("runs") / recipe_stem(recipe) / "crop_preview.png")
+    dataset, _ = build(host, "dataset", resolved["data"], where="data")
+    cropper, _ = build(host, "cropper", resolved["crop"], where="crop")
     picks = np.linspace(0, len(dataset.samples) - 1, min(n, len(dataset.samples))).round().astype(int)
     pairs, titles = [], []
     for i in picks:
@@ -151,8 +253,8 @@ def crop(recipe: str, n: int, out: str, overrides: tuple[str, ...]) -> None:
         except NoFace:
             pairs.append((image, None))
         titles.append(sample.label)
-    preview_grid(pairs, Path(out), titles=titles)
-    click.echo(f"wrote {out} ({len(pairs)} pairs, {sum(c is None for _, c in pairs)} without a face)")
+    written = preview_grid(pairs, Path(out), titles=titles)
+    click.echo(f"wrote {Path(written).resolve()} ({len(pairs)} pairs, {sum(c is None for _, c in pairs)} without a face)")
 
 
 @cli.command()
@@ -175,7 +277,7 @@ def ablate(recipe: str, grid: tuple[str, ...], seeds: int | None, baseline: str 
     Writes OUT/results.csv (one row per cell x seed x fold) and OUT/results.md (mean ± std per cell, the
     difference from the baseline cell and a paired Wilcoxon test). Run the same command again to resume.
     """
-    from .ablate import run_ablation
+    from .ablation import run_ablation
 
     result = run_ablation(recipe, list(grid), seeds=seeds, out=out, overrides=list(overrides), baseline=baseline,
                           dry_run=dry_run, fail_fast=fail_fast)

@@ -13,6 +13,19 @@ class RecipeError(FermetricError):
     exit_code = 2
 
 
+class ParameterError(RecipeError, ValueError):
+    """A component parameter has a name or value that does not exist or cannot work: a RecipeError for the CLI
+    (exit 2), a ValueError for code that builds components directly."""
+
+
+class MissingResource(FermetricError):
+    """A component needs a local file or an optional package this machine lacks (weights, a model pack, dlib).
+
+    Nothing is ever downloaded at run time: the message says how to provide it. The registry smoke tests skip a
+    component that raises this, and fail on anything else.
+    """
+
+
 class NoFace(Exception):
     """A cropper found no face, or no landmarks, in one image.
 

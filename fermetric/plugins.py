@@ -33,11 +33,14 @@ ENTRY_POINT_GROUP = "fermetric"
 
 # fermetric's own components, registered through the same hooks as any plugin.
 DEFAULT_PLUGINS = (
-    "fermetric.datasets",
-    "fermetric.croppers",
-    "fermetric.backbones",
-    "fermetric.losses",
-    "fermetric.samplers",
+    "fermetric.components.datasets",
+    "fermetric.components.croppers",
+    "fermetric.components.backbones",
+    "fermetric.components.losses",
+    "fermetric.components.distances",
+    "fermetric.components.miners",
+    "fermetric.components.samplers",
+    "fermetric.components.callbacks",
 )
 
 # hook name -> registry kind
@@ -47,6 +50,9 @@ KINDS = {
     "register_backbones": "backbone",
     "register_losses": "loss",
     "register_samplers": "sampler",
+    "register_distances": "distance",
+    "register_miners": "miner",
+    "register_callbacks": "callback",
 }
 
 _MISSING = inspect.Parameter.empty
@@ -84,6 +90,7 @@ class Component:
     version: str | None
     params: dict[str, Param] = field(default_factory=dict)
     accepts_any: bool = False  # the factory takes **kwargs we could not resolve to names
+    example: dict[str, Any] | None = None  # parameters that build a working instance (smoke tests)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -220,10 +227,11 @@ class PluginHost:
                 continue
             registry = self.registries[kind]
 
-            def register(name: str, factory: Callable[..., Any], _kind=kind, _reg=registry) -> None:
+            def register(name: str, factory: Callable[..., Any], example: dict[str, Any] | None = None,
+                         _kind=kind, _reg=registry) -> None:
                 params, accepts_any = factory_params(factory)
                 try:
-                    _reg.add(Component(_kind, name, factory, plugin_name, dist, version, params, accepts_any))
+                    _reg.add(Component(_kind, name, factory, plugin_name, dist, version, params, accepts_any, example))
                 except FermetricError as exc:
                     if plugin_name in DEFAULT_PLUGINS:
                         raise  # two built-ins with one name is a bug in fermetric itself
@@ -239,6 +247,16 @@ class PluginHost:
                 if plugin_name in DEFAULT_PLUGINS:
                     raise  # fermetric's own components failing is a bug to see, not a plugin problem
                 self.problems.append(PluginProblem(plugin_name, dist, f"{hook_name} failed: {type(exc).__name__}: {exc}"))
+
+    def add_plugin(self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None) -> None:
+        """Register one more plugin (a module or any object with marked hook functions) after start-up: what a
+        test, a notebook or a script uses instead of an entry point. Its problems are reported like an entry
+        point's (``self.problems``)."""
+        self.pm.register(plugin, name=name)
+        self._dists[name] = (distribution, version)
+        self._order.append(name)
+        self._check_hook_names(name, plugin, distribution)
+        self._register_components(plugin)
 
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
@@ -275,7 +293,6 @@ def factory_params(factory: Callable[..., Any]) -> tuple[dict[str, Param], bool]
     """
     params: dict[str, Param] = {}
     targets = [c.__init__ for c in inspect.getmro(factory) if "__init__" in vars(c)] if inspect.isclass(factory) else [factory]
-    accepts_any = False
     for target in targets:
         if target is object.__init__:
             break
@@ -283,13 +300,16 @@ def factory_params(factory: Callable[..., Any]) -> tuple[dict[str, Param], bool]
             sig = inspect.signature(target)
         except (TypeError, ValueError):
             return params, True
+        own = [p for p in sig.parameters.values() if p.name != "self"]
+        if own and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own):
+            continue  # a pure pass-through (torch.nn.Module's ``*args, **kwargs``) names nothing: look further up
         try:
             hints = typing.get_type_hints(target)
         except Exception:
             hints = {}
         has_var_kw = False
-        for p in sig.parameters.values():
-            if p.name == "self" or p.kind == p.VAR_POSITIONAL:
+        for p in own:
+            if p.kind == p.VAR_POSITIONAL:
                 continue
             if p.kind == p.VAR_KEYWORD:
                 has_var_kw = True
@@ -301,11 +321,15 @@ def factory_params(factory: Callable[..., Any]) -> tuple[dict[str, Param], bool]
                 params[p.name] = Param(p.name, p.default, annotation)
         if not has_var_kw:
             return params, False
-        accepts_any = True
-        if target.__qualname__.split(".")[0] in ("Module", "ModuleWithRecords"):
-            # torch.nn.Module takes no parameters of ours; PML's record-keeping base takes collect_stats only.
-            accepts_any = False
-    return params, accepts_any
+    # Every ``**kwargs`` was followed up the MRO to a class that names its parameters (or to object): none is open.
+    return params, inspect.isclass(factory) is False and _has_var_kw(factory)
+
+
+def _has_var_kw(fn: Callable[..., Any]) -> bool:
+    try:
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
 
 
 def check_value(param: Param, value: Any) -> str | None:

@@ -9,9 +9,11 @@ The reference is ``docs/recipes.md``.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import difflib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import tomli_w
 
 from .errors import RecipeError
-from .plugins import Param, PluginHost, check_value, factory_params
+from .plugins import Param, PluginHost, check_value
 
 # Keys of a component table that the engine reads itself; they are not passed to the component's factory.
 ENGINE_KEYS = {
@@ -28,6 +30,13 @@ ENGINE_KEYS = {
     "backbone": {"name"},
     "loss": {"name", "weight", "lr", "miner"},
 }
+# The recipe section that holds each kind's table.
+SECTION_OF_KIND = {"dataset": "data", "cropper": "crop", "backbone": "backbone", "loss": "loss"}
+
+
+def engine_keys(kind: str) -> set[str]:
+    """The keys of a kind's table that the engine reads itself (``name`` at least); the rest are parameters."""
+    return ENGINE_KEYS.get(SECTION_OF_KIND.get(kind, kind), {"name"})
 
 # Engine tables: key -> (accepted types, default). ``None`` as a default means "not set".
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
@@ -86,19 +95,160 @@ CHOICES = {
 }
 
 COMPONENT_SECTIONS = ("data", "crop", "backbone")
-TOP_LEVEL = {"extends", "name", "description", "loss", *COMPONENT_SECTIONS, *SCHEMA}
+TOP_LEVEL = {"extends", "name", "description", "loss", "callback", *COMPONENT_SECTIONS, *SCHEMA}
+
+# Component parameters that name a component of another kind (``distance = "cosine"``): checked and built
+# from that kind's registry (see fermetric.build).
+NESTED_KINDS = ("distance", "miner")
+
+
+# Packaged recipes (``fermetric/recipes``, installed with the package) are named ``fermetric:<path>``, in
+# ``extends`` and on the command line: ``extends = "fermetric:pidml/base.toml"``.
+PACKAGED_PREFIX = "fermetric:"
+# Private top-level key of a loaded (not yet validated) recipe: dotted key -> folder that its relative paths
+# are read from (the folder of the recipe file that set the key, or the current folder for ``--set``).
+# :func:`validate` consumes it; a validated recipe holds absolute paths and not this key.
+ORIGINS = "__origins__"
+# "pkg:<package>/<file>", "fermetric:<recipe>": values that name a resource, not a relative path.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-_]+:")
+
+
+def packaged_dir() -> Path:
+    """The folder of the recipes installed with fermetric (``fermetric recipes`` lists them)."""
+    return Path(__file__).resolve().parent / "recipes"
+
+
+def packaged_recipes() -> list[str]:
+    """Names (``pidml/base.toml``) of the packaged recipes, sorted."""
+    root = packaged_dir()
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.toml"))
+
+
+def resolve_recipe_path(spec: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """The file a recipe reference names: ``fermetric:NAME`` (packaged), ``~`` expanded, a relative path
+    read from ``relative_to`` (the extending recipe's folder) or else the current folder."""
+    text = os.fspath(spec)
+    if text.startswith(PACKAGED_PREFIX):
+        name = text[len(PACKAGED_PREFIX):].lstrip("/")
+        root = packaged_dir()
+        path = (root / name).resolve()
+        if not path.is_file() and path.suffix != ".toml":
+            path = path.with_name(path.name + ".toml")
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            raise RecipeError(f"{text}: no such packaged recipe (`fermetric recipes` lists them)")
+        return path
+    path = Path(text).expanduser()
+    if not path.is_absolute() and relative_to is not None:
+        path = relative_to / path
+    return path.resolve()
+
+
+def packaged_description(name: str) -> str:
+    """A packaged recipe's own ``description``, else the first sentence of the comment that opens it."""
+    path = resolve_recipe_path(PACKAGED_PREFIX + name)
+    text = path.read_text()
+    try:
+        own = tomllib.loads(text).get("description")
+    except tomllib.TOMLDecodeError:
+        own = None
+    if isinstance(own, str) and own:
+        return own
+    comment = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    words = " ".join(c for c in comment if c)
+    end = words.find(". ")
+    return words[: end + 1] if end >= 0 else words
+
+
+def packaged_copy_text(name: str, host: PluginHost | None = None) -> str:
+    """The text of packaged recipe ``name`` made to work from anywhere: relative ``extends`` become
+    ``fermetric:`` references, and relative path parameters it sets become absolute (read from the packaged
+    file's folder, as they would be there). Comments and layout are kept."""
+    path = resolve_recipe_path(PACKAGED_PREFIX + name)
+    text = path.read_text()
+    root = packaged_dir().resolve()
+
+    def packaged_ref(match: re.Match) -> str:
+        ref = match.group(1)
+        if ref.startswith(PACKAGED_PREFIX) or _SCHEME.match(ref) or os.path.isabs(os.path.expanduser(ref)):
+            return match.group(0)
+        target = (path.parent / ref).resolve()
+        if not target.is_relative_to(root):
+            return f'"{target.as_posix()}"'
+        return f'"{PACKAGED_PREFIX}{target.relative_to(root).as_posix()}"'
+
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if re.match(r"\s*extends\s*=", line):
+            lines[i] = re.sub(r'"([^"]*)"', packaged_ref, line)
+    if host is not None:
+        own = dict(_string_leaves({k: v for k, v in tomllib.loads(text).items() if k != "extends"}, ""))
+        resolved = _flat_strings(validate(load(path), host, check_paths=False))
+        for key, raw in own.items():
+            new = resolved.get(key)
+            if new is None or new == raw or os.path.isabs(os.path.expanduser(raw)):
+                continue
+            pattern = re.compile(rf'^(\s*"?{re.escape(key.split(".")[-1])}"?\s*=\s*)"{re.escape(raw)}"')
+            lines = [pattern.sub(lambda m: f'{m.group(1)}"{new}"', line) for line in lines]
+    return "".join(lines)
+
+
+def _flat_strings(recipe: dict[str, Any]) -> dict[str, str]:
+    return dict(_string_leaves(recipe, ""))
+
+
+def recipe_stem(spec: str | os.PathLike) -> str:
+    """The recipe's file name without ``.toml`` (``fermetric:pidml/base.toml`` -> ``base``): the default run
+    folder is ``runs/<stem>``."""
+    text = os.fspath(spec)
+    if text.startswith(PACKAGED_PREFIX):
+        text = text[len(PACKAGED_PREFIX):]
+    return Path(text).stem
+
+
+def resolve_path_value(value: str, folder: str | os.PathLike | None = None) -> str:
+    """A path value of a recipe made absolute: ``~`` expanded; relative to ``folder`` (the folder of the
+    recipe file that set it) or else the current folder; absolute paths and ``pkg:``-style names unchanged."""
+    if not isinstance(value, str) or not value or _SCHEME.match(value):
+        return value
+    path = os.path.expanduser(value)
+    if os.path.isabs(path):
+        return path if path != value else os.path.normpath(path)
+    return os.path.normpath(os.path.join(os.fspath(folder) if folder else os.getcwd(), path))
 
 
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a recipe, resolve ``extends`` and apply ``--set`` overrides. Not yet validated."""
-    recipe = _load_with_bases(Path(path).resolve(), ())
+    """Read a recipe, resolve ``extends`` and apply ``--set`` overrides. Not yet validated.
+
+    The result carries :data:`ORIGINS` (which folder each string value's relative path is read from), for
+    :func:`validate`, which turns the path parameters into absolute paths.
+    """
+    recipe, origins = _load_with_bases(resolve_recipe_path(path), ())
+    recipe[ORIGINS] = origins
     for item in overrides or []:
         apply_override(recipe, item)
     recipe.pop("extends", None)
     return recipe
 
 
-def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _string_leaves(value: Any, prefix: str):
+    """(dotted key, value) of every string inside tables and arrays (array items by 0-based index)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _string_leaves(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _string_leaves(item, f"{prefix}.{i}")
+    elif isinstance(value, str):
+        yield prefix, value
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The recipe in ``path`` merged onto its bases, and the origin folder of every string it holds (a key set
+    by several files has the folder of the last, the one whose value is kept)."""
     if path in chain:
         cycle = " -> ".join(str(p.name) for p in (*chain, path))
         raise RecipeError(f"{chain[0]}: recipes extend each other in a cycle: {cycle}")
@@ -110,17 +260,31 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: TOML syntax error: {exc}") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
+    if ORIGINS in data:
+        raise RecipeError(f"{path}: {ORIGINS!r} is a reserved key")
     bases = data.pop("extends", None)
+    own = {key: str(path.parent) for key, _ in _string_leaves(data, "")}
     if bases is None:
-        return data
+        return data, own
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise RecipeError(f"{path}: 'extends' must be a path or a list of paths, relative to the recipe")
+        raise RecipeError(f"{path}: 'extends' must be a path or a list of paths, relative to the recipe,"
+                          f" or {PACKAGED_PREFIX}NAME for a packaged recipe")
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for base in bases:
-        merged = deep_merge(merged, _load_with_bases((path.parent / base).resolve(), (*chain, path)))
-    return deep_merge(merged, data)
+        try:
+            base_path = resolve_recipe_path(base, path.parent)
+        except RecipeError as exc:
+            raise RecipeError(f"{exc} (extended by {path})") from None
+        base_data, base_origins = _load_with_bases(base_path, (*chain, path))
+        merged = deep_merge(merged, base_data)
+        origins.update(base_origins)
+    origins.update(own)
+    return deep_merge(merged, data), origins
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -159,9 +323,10 @@ def apply_override(recipe: dict[str, Any], item: str) -> None:
         raise RecipeError(f"--set {item!r}: empty part in key {key!r}")
     node: Any = recipe
     for i, part in enumerate(parts[:-1]):
-        node = _step(node, part, parts[: i + 1], create=True)
+        node = _step(node, part, parts[: i + 1], create=True, array_next=parts[i + 1].isdigit())
     last = parts[-1]
     value = parse_value(text.strip())
+    _set_origin(recipe, ".".join(parts), value, os.getcwd())
     if isinstance(node, list):
         index = _index(node, last, parts, allow_append=False)
         node[index] = value
@@ -175,6 +340,16 @@ def apply_override(recipe: dict[str, Any], item: str) -> None:
     node[last] = value
 
 
+def _set_origin(recipe: dict[str, Any], key: str, value: Any, folder: str) -> None:
+    """Relative paths in ``value`` (set at dotted ``key``, e.g. by ``--set``) are read from ``folder``."""
+    origins = recipe.get(ORIGINS)
+    if not isinstance(origins, dict):
+        return  # not a loaded recipe: every relative path is read from the current folder anyway
+    for old in [k for k in origins if k == key or k.startswith(key + ".")]:
+        del origins[old]
+    origins.update({k: folder for k, _ in _string_leaves(value, key)})
+
+
 def _renames(table: dict[str, Any], new_name: Any) -> bool:
     return isinstance(new_name, str) and "name" in table and table["name"] != new_name
 
@@ -184,7 +359,7 @@ def _engine_part(table: dict[str, Any], section: str) -> dict[str, Any]:
     return {k: v for k, v in table.items() if k in keys}
 
 
-def _step(node: Any, part: str, path: list[str], create: bool) -> Any:
+def _step(node: Any, part: str, path: list[str], create: bool, array_next: bool = False) -> Any:
     if isinstance(node, list):
         index = _index(node, part, path, allow_append=create)
         if index == len(node):
@@ -193,7 +368,7 @@ def _step(node: Any, part: str, path: list[str], create: bool) -> Any:
     if not isinstance(node, dict):
         raise RecipeError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a table")
     if part not in node:
-        node[part] = {}
+        node[part] = [] if array_next else {}  # --set callback.0.name=... starts an array of tables
     return node[part]
 
 
@@ -229,8 +404,26 @@ def with_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
 def validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool = True) -> dict[str, Any]:
     """Check everything a run will need and return the recipe with defaults filled in.
 
-    Raises :class:`RecipeError` on the first problem, naming the key.
+    Raises :class:`RecipeError` on the first problem, naming the key. Path parameters (annotated ``Path``) and
+    ``train.cache_dir`` come back absolute: a relative one is read from the folder of the recipe file that
+    set it (as :func:`load` recorded), from the current folder if it came from ``--set`` or a default.
     """
+    origins = recipe.get(ORIGINS) or {}
+    token = _ORIGINS_NOW.set(origins)
+    try:
+        resolved = _validate({k: v for k, v in recipe.items() if k != ORIGINS}, host, check_paths)
+    finally:
+        _ORIGINS_NOW.reset(token)
+    train = resolved["train"]
+    train["cache_dir"] = resolve_path_value(train["cache_dir"], origins.get("train.cache_dir"))
+    return resolved
+
+
+# The origins of the recipe being validated (see ORIGINS), for the path checks deep inside _check_component.
+_ORIGINS_NOW: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("recipe_origins", default={})
+
+
+def _validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool) -> dict[str, Any]:
     _check_known(recipe.keys(), TOP_LEVEL, "top-level key", "")
     for section in ("data", "backbone"):
         if section not in recipe:
@@ -264,7 +457,8 @@ def validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool = True)
     if "name" not in recipe["crop"]:
         recipe["crop"]["name"] = "full_face"
     for section in COMPONENT_SECTIONS:
-        _check_component(host, _kind(section), recipe[section], section, check_paths)
+        injected = {"in_chans"} if section == "backbone" else frozenset()
+        _check_component(host, _kind(section), recipe[section], section, check_paths, injected=injected)
     losses = recipe.get("loss")
     if not isinstance(losses, list) or not losses:
         raise RecipeError("no [[loss]] table: a recipe needs at least one loss, e.g. [[loss]] name = \"cross_entropy\"")
@@ -281,14 +475,29 @@ def validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool = True)
         _check_component(host, "loss", term, where, check_paths, injected={"num_classes", "embedding_size"})
         miner = term.get("miner")
         if miner is not None:
-            _check_miner(miner, where)
+            _check_nested(host, "miner", miner, f"{where}.miner", check_paths)
     if not losses_of(recipe):
         raise RecipeError("every [[loss]] has weight = 0: nothing to optimise")
     sampler = recipe["train"]["sampler"]
-    sampler_table = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
+    sampler_table = {"name": sampler} if isinstance(sampler, str) else sampler  # paths resolved in place
     _check_component(host, "sampler", sampler_table, "train.sampler", check_paths,
                      injected={"labels", "batch_size", "seed"}, engine_keys={"name"})
+    callbacks = recipe.get("callback", [])
+    if not isinstance(callbacks, list):
+        raise RecipeError("callback: expected an array of tables ([[callback]] name = \"tensorboard\")")
+    for i, table in enumerate(callbacks):
+        if not isinstance(table, dict):
+            raise RecipeError(f"callback.{i}: expected a table")
+        _check_component(host, "callback", table, f"callback.{i}", check_paths, engine_keys={"name"})
     return recipe
+
+
+def _check_nested(host: PluginHost, kind: str, spec: Any, where: str, check_paths: bool) -> None:
+    """A component named by a parameter of another (``miner = "batch_hard"``, ``distance = {name = ...}``)."""
+    if not isinstance(spec, (str, dict)):
+        raise RecipeError(f"{where}: expected the name of a registered {kind} or a table with its name, got {spec!r}")
+    table = {"name": spec} if isinstance(spec, str) else spec
+    _check_component(host, kind, table, where, check_paths, engine_keys={"name"})
 
 
 def _kind(section: str) -> str:
@@ -313,6 +522,9 @@ def _check_component(host: PluginHost, kind: str, table: dict[str, Any], where: 
     for key, value in params.items():
         if key in injected:
             continue
+        if key in NESTED_KINDS and isinstance(value, (str, dict)) and (key in component.params or component.accepts_any):
+            _check_nested(host, key, value, f"{where}.{key}", check_paths)
+            continue
         param = component.params.get(key)
         if param is None:
             if component.accepts_any:
@@ -325,11 +537,26 @@ def _check_component(host: PluginHost, kind: str, table: dict[str, Any], where: 
         expected = check_value(param, value)
         if expected is not None:
             raise RecipeError(f"{where}.{key}: {kind} {name!r} expects {expected}, got {type(value).__name__} {value!r}")
-        if check_paths and _is_path_param(param) and isinstance(value, str) and value and not Path(value).exists():
-            raise RecipeError(f"{where}.{key}: path does not exist: {value} (relative paths are read from {Path.cwd()})")
+        if _is_path_param(param) and isinstance(value, str) and value:
+            folder = _ORIGINS_NOW.get().get(f"{where}.{key}")
+            table[key] = path = resolve_path_value(value, folder)
+            if check_paths and not _SCHEME.match(path) and not Path(path).exists():
+                raise RecipeError(f"{where}.{key}: path does not exist: {path}{_relative_note(value, folder)}")
     for pname, param in component.params.items():
-        if param.required and pname not in params and pname not in injected and pname != "in_chans":
+        if param.required and pname not in params and pname not in injected:
             raise RecipeError(f"{where}.{pname}: {kind} {name!r} needs parameter {pname!r}")
+
+
+def _relative_note(value: str, folder: str | None) -> str:
+    """Where a relative path that does not exist was read from (and a hint when it exists from here)."""
+    if os.path.isabs(os.path.expanduser(value)):
+        return ""
+    folder = folder or os.getcwd()
+    note = f" ({value!r} is relative to {folder}"
+    if os.path.normpath(folder) != os.getcwd() and Path(value).exists():
+        note += ("; it exists relative to the current folder, but a path in a recipe file is read from that"
+                 " file's folder: write it relative to the recipe or absolute, or give it with --set")
+    return note + ")"
 
 
 def _is_path_param(param: Param) -> bool:
@@ -337,26 +564,6 @@ def _is_path_param(param: Param) -> bool:
     return ann is Path or (isinstance(ann, type) and issubclass(ann, os.PathLike)) or any(
         a is Path for a in getattr(ann, "__args__", ()) or ()
     )
-
-
-def _check_miner(miner: Any, where: str) -> None:
-    from .losses import MINERS
-
-    name = miner if isinstance(miner, str) else miner.get("name") if isinstance(miner, dict) else None
-    if name not in MINERS:
-        hint = _did_you_mean(str(name), MINERS)
-        raise RecipeError(f"{where}.miner: unknown miner {name!r}{hint} (known: {', '.join(sorted(MINERS))})")
-    if isinstance(miner, dict):
-        params, accepts_any = factory_params(MINERS[name])
-        for key, value in miner.items():
-            if key == "name" or (key not in params and accepts_any):
-                continue
-            if key not in params:
-                hint = _did_you_mean(key, params)
-                raise RecipeError(f"{where}.miner.{key}: miner {name!r} has no parameter {key!r}{hint} (its parameters: {', '.join(params)})")
-            expected = check_value(params[key], value)
-            if expected is not None and key != "distance":
-                raise RecipeError(f"{where}.miner.{key}: miner {name!r} expects {expected}, got {type(value).__name__} {value!r}")
 
 
 def _check_known(keys, known, what: str, prefix: str) -> None:
@@ -371,14 +578,42 @@ def _did_you_mean(word: str, choices, n: int = 2, prefix: str = "") -> str:
     return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
 
 
+def plain(value: Any) -> Any:
+    """A deep copy of a recipe table made only of JSON types (what a checkpoint's metadata stores)."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
 def dumps(recipe: dict[str, Any]) -> str:
     return tomli_w.dumps(recipe)
 
 
 def matches_file(path: Path, recipe: dict[str, Any]) -> bool:
     """Whether a run folder's saved ``recipe.toml`` holds this resolved recipe (the guard against resuming or
-    reusing a folder made by another recipe). Compared as TOML would read it back."""
+    reusing a folder made by another recipe). Compared as TOML would read it back.
+
+    ``train.cache_dir`` is not compared: crops are cached by content, so the cache's place cannot change a
+    result. A relative path saved by an older fermetric (which read data paths from the current folder) equals
+    the absolute path it names from the current folder.
+    """
     try:
-        return tomllib.loads(Path(path).read_text()) == tomllib.loads(dumps(recipe))
+        saved = tomllib.loads(Path(path).read_text())
+        current = tomllib.loads(dumps(recipe))
     except (OSError, tomllib.TOMLDecodeError):
         return False
+    for table in (saved, current):
+        if isinstance(table.get("train"), dict):
+            table["train"].pop("cache_dir", None)
+    return _same(saved, current)
+
+
+def _same(saved: Any, current: Any) -> bool:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return saved.keys() == current.keys() and all(_same(saved[k], current[k]) for k in saved)
+    if isinstance(saved, list) and isinstance(current, list):
+        return len(saved) == len(current) and all(_same(a, b) for a, b in zip(saved, current))
+    if (isinstance(saved, str) and isinstance(current, str) and saved != current and saved
+            and os.path.isabs(current) and not os.path.isabs(saved) and not _SCHEME.match(saved)):
+        return resolve_path_value(saved) == current
+    return saved == current

@@ -10,14 +10,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import fermetric
 import fermetric.engine
-from fermetric.ablate import (
+from fermetric.ablation import (
     cell_recipe, expand, find_baseline, grid_from_table, paired_wilcoxon, parse_grid_option, run_ablation, split_top_level,
     toml_literal,
 )
 from fermetric.cli import cli
+from fermetric.contracts import Callback
+from fermetric.plugins import PluginHost
 from fermetric.errors import FermetricError, RecipeError
-from fermetric.recipe import load, parse_value
+from fermetric.recipe import dumps, load, parse_value
+from fermetric.runfolder import AblationFolder, RunFolder, Status, write_json
 
 BASE = """
 name = "tiny"
@@ -64,7 +68,8 @@ def recipe_file(tmp_path) -> Path:
 
 
 class FakeEngine:
-    """Stands in for engine.run_recipe: writes a finished k-fold run folder whose accuracy depends on the cell.
+    """Stands in for engine.run: writes a finished k-fold run folder (through RunFolder) whose accuracy depends on
+    the cell.
 
     Accuracy is 0.5 + 0.1 (embedding_dim 32) + 0.01 * fold + 0.001 * seed, so the embedding_dim axis makes a
     consistent difference and the loss-weight axis none at all.
@@ -75,28 +80,27 @@ class FakeEngine:
         self.interrupt_at = interrupt_at
         self.fail_cell = fail_cell
 
-    def __call__(self, recipe_path, out=None, overrides=None, resume=False, fold=None, host=None):
-        self.calls.append({"recipe": recipe_path, "out": out, "overrides": overrides, "resume": resume})
-        recipe = tomllib.loads(Path(recipe_path).read_text())
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.toml").write_text(Path(recipe_path).read_text())
+    def __call__(self, recipe, out, resume=False, fold=None, host=None, recipe_path=""):
+        self.calls.append({"recipe": recipe, "out": out, "resume": resume, "recipe_path": recipe_path})
+        folder = RunFolder(out)
+        folder.root.mkdir(parents=True, exist_ok=True)
+        folder.recipe_file.write_text(dumps(recipe))
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
-            (out / "run.json").write_text(json.dumps({"status": "interrupted"}))
+            write_json({"status": Status.INTERRUPTED}, folder.run_file)
             raise KeyboardInterrupt
         if self.fail_cell and self.fail_cell in str(out):
             raise FermetricError("loss became nan")
-        seed = int(overrides[0].partition("=")[2])
+        seed = recipe["train"]["seed"]
         per_fold = []
         for k in range(2):
             acc = 0.5 + 0.1 * (recipe["model"]["embedding_dim"] == 32) + 0.01 * k + 0.001 * seed
             per_fold.append({"fold": k, "accuracy": acc, "macro_f1": acc - 0.1, "n_test": 50, "tta": "none",
                              "per_class_recall": {"happy": acc, "sad": 1 - acc},
                              "embedding": {"intra_inter_ratio": 0.7, "knn_precision_at_1": acc}, "synthetic_data": True})
-        (out / "metrics.json").write_text(json.dumps({"protocol": "kfold", "accuracy": 0.5, "per_fold": per_fold}))
-        (out / "run.json").write_text(json.dumps({"status": "finished", "started": "2024-01-01T00:00:00+00:00",
-                                                  "finished": "2024-01-01T00:01:00+00:00"}))
-        return {}, out
+        write_json({"protocol": "kfold", "accuracy": 0.5, "per_fold": per_fold}, folder.metrics_file)
+        write_json({"status": Status.FINISHED, "started": "2024-01-01T00:00:00+00:00",
+                    "finished": "2024-01-01T00:01:00+00:00"}, folder.run_file)
+        return {}
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -184,20 +188,20 @@ def test_wilcoxon_gives_p_or_na():
 # -- whole ablations with a stand-in engine ------------------------------------------------------------------
 def test_grid_results_csv_and_md(recipe_file, tmp_path, monkeypatch):
     fake = FakeEngine()
-    monkeypatch.setattr(fermetric.engine, "run_recipe", fake)
+    monkeypatch.setattr(fermetric.engine, "run", fake)
     out = tmp_path / "abl"
     result = run_ablation(str(recipe_file), GRID, seeds=2, out=str(out), show_table=False)
     assert len(fake.calls) == 4 * 2
-    assert sorted(c["overrides"][0] for c in fake.calls) == ["train.seed=0"] * 4 + ["train.seed=1"] * 4
-    rows = read_csv(out / "results.csv")
+    assert sorted(c["recipe"]["train"]["seed"] for c in fake.calls) == [0] * 4 + [1] * 4
+    rows = read_csv(AblationFolder(out).results_csv)
     assert len(rows) == 4 * 2 * 2
     assert {"cell", "model.embedding_dim", "loss.1.weight", "seed", "train_seed", "fold", "accuracy", "macro_f1",
             "knn_precision_at_1", "intra_inter_ratio", "recall_happy"} <= set(rows[0])
     assert {(r["model.embedding_dim"], r["loss.1.weight"]) for r in rows} == {("16", "0"), ("16", "0.5"), ("32", "0"), ("32", "0.5")}
     for cell in result.cells:
-        assert (out / "cells" / cell.id / "seed_1" / "metrics.json").is_file()
-        assert (out / "cells" / cell.id / "recipe.toml").is_file()
-    md = (out / "results.md").read_text()
+        assert AblationFolder(out).cell(cell.id).seed(1).metrics_file.is_file()
+        assert AblationFolder(out).cell(cell.id).recipe_file.is_file()
+    md = AblationFolder(out).results_md.read_text()
     # baseline = first cell (16, 0): accuracies 0.5/0.51 at seed 0, 0.501/0.511 at seed 1
     assert "0.5055 ± 0.0058" in md
     assert "+0.1000" in md and "p=0.125 (n=4)" in md, "the 32-dim cells differ consistently: exact p for n=4"
@@ -209,27 +213,27 @@ def test_grid_results_csv_and_md(recipe_file, tmp_path, monkeypatch):
 def test_interrupted_ablation_resumes_without_retraining(recipe_file, tmp_path, monkeypatch):
     out = tmp_path / "abl"
     first = FakeEngine(interrupt_at=3)
-    monkeypatch.setattr(fermetric.engine, "run_recipe", first)
+    monkeypatch.setattr(fermetric.engine, "run", first)
     with pytest.raises(KeyboardInterrupt):
         run_ablation(str(recipe_file), GRID, out=str(out), show_table=False)
     assert len(first.calls) == 3
-    assert len(read_csv(out / "results.csv")) == 2 * 2, "partial results are written on interruption"
+    assert len(read_csv(AblationFolder(out).results_csv)) == 2 * 2, "partial results are written on interruption"
     again = FakeEngine()
-    monkeypatch.setattr(fermetric.engine, "run_recipe", again)
+    monkeypatch.setattr(fermetric.engine, "run", again)
     result = run_ablation(str(recipe_file), GRID, out=str(out), show_table=False)
     trained = [Path(c["out"]).parent.name for c in again.calls]
     assert trained == [c.id for c in result.cells[2:]], "finished cells are skipped"
     assert [c["resume"] for c in again.calls] == [True, False], "the interrupted cell continues through --resume"
-    assert len(read_csv(out / "results.csv")) == 4 * 2
+    assert len(read_csv(AblationFolder(out).results_csv)) == 4 * 2
     assert result.runs_started == 2
     # Nothing left: a third run trains nothing and rewrites the same results.
-    monkeypatch.setattr(fermetric.engine, "run_recipe", third := FakeEngine())
+    monkeypatch.setattr(fermetric.engine, "run", third := FakeEngine())
     run_ablation(str(recipe_file), GRID, out=str(out), show_table=False)
     assert third.calls == []
 
 
 def test_changed_base_recipe_is_refused_in_the_same_folder(recipe_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(fermetric.engine, "run_recipe", FakeEngine())
+    monkeypatch.setattr(fermetric.engine, "run", FakeEngine())
     out = tmp_path / "abl"
     run_ablation(str(recipe_file), GRID, out=str(out), show_table=False)
     with pytest.raises(FermetricError, match="another recipe"):
@@ -241,17 +245,17 @@ def test_ablate_table_in_the_recipe_and_failed_cells(recipe_file, tmp_path, monk
                            'seeds = 2\nbaseline = "model.embedding_dim=32"\n')
     cells = expand(grid_from_table({"model.embedding_dim": [16, 32]}))
     fake = FakeEngine(fail_cell=cells[0].id)
-    monkeypatch.setattr(fermetric.engine, "run_recipe", fake)
+    monkeypatch.setattr(fermetric.engine, "run", fake)
     out = tmp_path / "abl"
     result = run_ablation(str(recipe_file), out=str(out), show_table=False)
     assert len(fake.calls) == 4 and result.baseline.id == cells[1].id
-    assert set(result.failed) == {cells[0].id} and (out / "cells" / cells[0].id / "error.txt").is_file()
-    md = (out / "results.md").read_text()
+    assert set(result.failed) == {cells[0].id} and AblationFolder(out).cell(cells[0].id).error_file.is_file()
+    md = AblationFolder(out).results_md.read_text()
     assert "failed" in md and "Unfinished cells" in md
 
 
 def test_cli_dry_run_and_run(recipe_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(fermetric.engine, "run_recipe", FakeEngine())
+    monkeypatch.setattr(fermetric.engine, "run", FakeEngine())
     out = tmp_path / "abl"
     runner = CliRunner()
     dry = runner.invoke(cli, ["ablate", str(recipe_file), "--grid", GRID[0], "--out", str(out), "--dry-run"])
@@ -260,51 +264,59 @@ def test_cli_dry_run_and_run(recipe_file, tmp_path, monkeypatch):
     done = runner.invoke(cli, ["ablate", str(recipe_file), "--grid", GRID[0], "--grid", GRID[1], "--out", str(out),
                                "--baseline", "model.embedding_dim=16,loss.1.weight=0.5"])
     assert done.exit_code == 0, done.output
-    assert "Wilcoxon" in done.output and (out / "results.md").is_file()
+    assert "Wilcoxon" in done.output and AblationFolder(out).results_md.is_file()
     bad = runner.invoke(cli, ["ablate", str(recipe_file), "--grid", "loss.1.name=tripplet", "--out", str(out / "x")])
     assert bad.exit_code == 2 and "tripplet" in bad.output
 
 
 # -- the real engine ----------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_real_2x2_grid_interrupted_and_resumed(recipe_file, tmp_path, monkeypatch, host):
-    """Real training (1 epoch, 2 folds, 112 synthetic images): Ctrl-C during fold 1 of cell 3, then resume."""
-    real_run, real_fold, real_evaluate = fermetric.engine.run_recipe, fermetric.engine.Runner.run_fold, fermetric.engine.Runner._evaluate
-    runs, folds, trained = [], [], []
+class FoldRecorder(Callback):
+    """Records which (cell, fold) each training starts and finishes, and interrupts the ``interrupt_at``-th one."""
 
-    def run_recipe(*args, **kwargs):
-        runs.append(Path(args[1]).parent.name)
-        return real_run(*args, **kwargs)
+    started: list = []
+    trained: list = []
+    interrupt_at = 0
 
-    def run_fold(self, prepared, fold, fold_dir, n_folds):
-        folds.append(fold.index)
-        if len(folds) == 6:  # cells 1 and 2: 4 folds; cell 3: fold 0 finishes, fold 1 is interrupted
+    def on_fit_start(self, loop):
+        FoldRecorder.started.append((loop.folder.root.parent.parent.name, loop.fold))
+        if len(FoldRecorder.started) == FoldRecorder.interrupt_at:
             raise KeyboardInterrupt
-        return real_fold(self, prepared, fold, fold_dir, n_folds)
 
-    def evaluate(self, model, prepared, fold, *args):
-        trained.append((self.out.parent.name, fold.index))
-        return real_evaluate(self, model, prepared, fold, *args)
+    def on_fit_end(self, loop):
+        FoldRecorder.trained.append((loop.folder.root.parent.parent.name, loop.fold))
 
-    monkeypatch.setattr(fermetric.engine, "run_recipe", run_recipe)
-    monkeypatch.setattr(fermetric.engine.Runner, "run_fold", run_fold)
-    monkeypatch.setattr(fermetric.engine.Runner, "_evaluate", evaluate)
+
+class RecorderPlugin:
+    @fermetric.hookimpl
+    def register_callbacks(self, register):
+        register("fold_recorder", FoldRecorder)
+
+
+@pytest.mark.slow
+def test_real_2x2_grid_interrupted_and_resumed(recipe_file, tmp_path):
+    """Real training (1 epoch, 2 folds, 112 synthetic images): Ctrl-C during fold 1 of cell 3, then resume."""
+    host = PluginHost(entry_points=False)
+    host.add_plugin(RecorderPlugin(), "recorder")
+    recipe_file.write_text(recipe_file.read_text() + '\n[[callback]]\nname = "fold_recorder"\n')
+    FoldRecorder.started, FoldRecorder.trained = [], []
+    FoldRecorder.interrupt_at = 6  # cells 1 and 2: 4 folds; cell 3: fold 0 finishes, fold 1 is interrupted
     grid = ["loss.1.name=emlf,none", "model.embedding_dim=16,8"]
     out = tmp_path / "abl"
     with pytest.raises(KeyboardInterrupt):
         run_ablation(str(recipe_file), grid, out=str(out), host=host, show_table=False)
     cells = expand(dict(parse_grid_option(g) for g in grid))
-    assert len(runs) == 3 and len(trained) == 5
-    assert len(read_csv(out / "results.csv")) == 2 * 2
-    runs.clear(), trained.clear()
+    assert [c for c, _ in FoldRecorder.started] == [cells[0].id] * 2 + [cells[1].id] * 2 + [cells[2].id] * 2
+    assert len(FoldRecorder.trained) == 5
+    assert len(read_csv(AblationFolder(out).results_csv)) == 2 * 2
+    FoldRecorder.started, FoldRecorder.trained, FoldRecorder.interrupt_at = [], [], 0
     result = run_ablation(str(recipe_file), grid, out=str(out), host=host, show_table=False)
-    assert runs == [c.id for c in cells[2:]], "the two finished cells are not run again"
-    assert trained == [(cells[2].id, 1), (cells[3].id, 0), (cells[3].id, 1)], "cell 3 resumes at its unfinished fold"
-    rows = read_csv(out / "results.csv")
+    assert FoldRecorder.trained == [(cells[2].id, 1), (cells[3].id, 0), (cells[3].id, 1)], \
+        "the two finished cells are not run again, and cell 3 resumes at its unfinished fold"
+    rows = read_csv(AblationFolder(out).results_csv)
     assert len(rows) == 4 * 2 and {r["fold"] for r in rows} == {"0", "1"}
-    metrics = json.loads((out / "cells" / result.cells[0].id / "seed_0" / "metrics.json").read_text())
+    metrics = AblationFolder(out).cell(result.cells[0].id).seed(0).metrics()
     assert metrics["tta"] == "none" and len(metrics["per_fold"]) == 2
-    dropped = tomllib.loads((out / "cells" / cells[2].id / "recipe.toml").read_text())
+    dropped = tomllib.loads(AblationFolder(out).cell(cells[2].id).recipe_file.read_text())
     assert [t["name"] for t in dropped["loss"]] == ["cross_entropy"]
-    md = (out / "results.md").read_text()
+    md = AblationFolder(out).results_md.read_text()
     assert md.count(" ± ") >= 4 and ("p=" in md or "n/a" in md)

@@ -42,7 +42,7 @@ def test_plugins_json_lists_builtins_with_versions():
     assert {"fer_cnn", "timm"} <= set(names["backbone"])
     assert {"manifest", "folders", "synthetic"} <= set(names["dataset"])
     emlf = names["loss"]["emlf"]
-    assert emlf["distribution"] == "fermetric" and emlf["version"] and emlf["plugin"] == "fermetric.losses"
+    assert emlf["distribution"] == "fermetric" and emlf["version"] and emlf["plugin"] == "fermetric.components.losses"
     assert "pos_margin" in emlf["params"]
 
 

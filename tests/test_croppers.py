@@ -11,10 +11,11 @@ import numpy as np
 import pluggy
 import pytest
 
-from fermetric import croppers, hookspecs, synthetic
-from fermetric.croppers import AUPartialCropper, CropperParamError, FullFaceCropper, preview_grid
+from fermetric import hookspecs
+from fermetric.components import croppers, synthetic
+from fermetric.components.croppers import AUPartialCropper, CropperParamError, FullFaceCropper, preview_grid
 from fermetric.errors import NoFace, RecipeError
-from fermetric.faces import FaceImage
+from fermetric.contracts import FaceImage
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HAVE_DLIB = all(importlib.util.find_spec(m) is not None for m in ("dlib", "face_recognition_models"))

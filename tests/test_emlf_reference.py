@@ -10,8 +10,9 @@ import pytest
 import torch
 from pytorch_metric_learning import miners
 
-from fermetric.losses import EMLF
-from fermetric.losses.emlf import DEFAULT_NEG_MARGIN
+from fermetric.components.distances import make_distance
+from fermetric.components.losses import EMLF
+from fermetric.components.losses.emlf import DEFAULT_NEG_MARGIN
 
 
 def _relu(v):
@@ -91,8 +92,14 @@ def _value_and_grad(fn, x, y, **kw):
     return value.detach(), torch.zeros_like(x) if grad is None else grad
 
 
+def emlf(distance="euclidean", normalize=True, **params):
+    """EMLF as a recipe builds it: the distance is the registered distance object (normalised unless asked not to)."""
+    options = {} if distance == "cosine" else {"normalize_embeddings": normalize}
+    return EMLF(distance=make_distance(distance, **options), **params)
+
+
 def _check(x, y, params, **forward_kw):
-    value, grad = _value_and_grad(EMLF(**params), x, y, **forward_kw)
+    value, grad = _value_and_grad(emlf(**params), x, y, **forward_kw)
     ref_value, ref_grad = _value_and_grad(lambda a, b: reference_emlf(a, b, **params, **_allowed(forward_kw, y)), x, y)
     torch.testing.assert_close(value, ref_value)
     torch.testing.assert_close(grad, ref_grad)
@@ -156,7 +163,7 @@ def test_no_positive_pair_gives_push_term_only(variant):
     x, y = _batch(0, 6, 4, 6)
     y = torch.arange(6)  # every sample its own expression
     _check(x, y, {"variant": variant})
-    pull_only, grad = _value_and_grad(EMLF(variant=variant, push_weight=0.0), x, y)
+    pull_only, grad = _value_and_grad(emlf(variant=variant, push_weight=0.0), x, y)
     assert pull_only == 0 and torch.isfinite(grad).all()
 
 
@@ -165,7 +172,7 @@ def test_single_expression_gives_pull_term_only(variant):
     x, _ = _batch(0, 6, 4, 1)
     y = torch.zeros(6, dtype=torch.long)
     _check(x, y, {"variant": variant})
-    push_only, grad = _value_and_grad(EMLF(variant=variant, pull_weight=0.0), x, y)
+    push_only, grad = _value_and_grad(emlf(variant=variant, pull_weight=0.0), x, y)
     assert push_only == 0 and torch.isfinite(grad).all()
 
 
@@ -173,7 +180,7 @@ def test_single_expression_gives_pull_term_only(variant):
 @pytest.mark.parametrize("batch_size", [0, 1])
 def test_empty_and_single_sample_batches_give_zero(variant, batch_size):
     x = torch.randn(batch_size, 4, dtype=torch.float64, requires_grad=True)
-    value = EMLF(variant=variant)(x, torch.zeros(batch_size, dtype=torch.long))
+    value = emlf(variant=variant)(x, torch.zeros(batch_size, dtype=torch.long))
     value.backward()
     assert value.item() == 0.0
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -186,6 +193,6 @@ def test_coincident_positives_have_finite_gradients(variant, distance):
     # distance is 0/0: the gradient must stay finite there (and in float32, the training dtype).
     x = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
     y = torch.tensor([0, 0, 1, 1])
-    value = EMLF(variant=variant, distance=distance)(x, y)
+    value = emlf(variant=variant, distance=distance)(x, y)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 
 import numpy as np
@@ -10,38 +11,56 @@ import pytest
 import torch
 from PIL import Image
 
+import fermetric
 from fermetric import engine
+from fermetric.contracts import Callback
+from fermetric.plugins import PluginHost
+from fermetric.runfolder import RunFolder
 from fermetric.errors import FermetricError
 
 QUICKSTART = "recipes/quickstart.toml"
 
 
-def history(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_run_folder_is_complete_and_loss_decreases(tmp_path, tiny_overrides):
-    out = tmp_path / "run"
-    metrics, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=4", "eval.tsne=true", "eval.knn=true"])
-    for name in ("recipe.toml", "run.json", "history.csv", "metrics.json", "confusion_matrix.json",
-                 "confusion_matrix.png", "embeddings_tsne.png", "checkpoints/last.pt", "checkpoints/best.pt"):
-        assert (out / name).is_file(), name
-    rows = history(out / "history.csv")
+    out = RunFolder(tmp_path / "run")
+    metrics, _ = engine.run_recipe(QUICKSTART, str(out.root), tiny_overrides + [
+        "train.epochs=4", "eval.tsne=true", "eval.knn=true", 'callback.0.name="tensorboard"'])
+    for path in (out.recipe_file, out.run_file, out.history_file, out.metrics_file, out.confusion_json, out.confusion_png,
+                 out.tsne_png, out.curves_png, out.last_checkpoint, out.best_checkpoint):
+        assert path.is_file(), path
+    assert list(out.tensorboard_dir.glob("events.out.tfevents.*")), "TensorBoard event file"
+    rows = out.history()
     assert len(rows) == 4
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert {"loss_cross_entropy", "loss_emlf", "val_accuracy", "images_per_s"} <= set(rows[0])
-    saved = json.loads((out / "metrics.json").read_text())
+    saved = out.metrics()
+    assert saved == metrics
     assert 0.0 <= saved["accuracy"] <= 1.0 and 0.0 <= saved["macro_f1"] <= 1.0
     assert saved["synthetic_data"] is True
     assert {"intra_inter_ratio", "knn_precision_at_1", "knn_map_at_r"} <= set(saved["embedding"])
-    run = json.loads((out / "run.json").read_text())
+    run = out.run_info()
     assert run["status"] == "finished" and run["seed"] == 0
-    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"]
-    assert {c["kind"] for c in run["components"]} == {"dataset", "cropper", "backbone", "loss", "sampler"}
+    assert run["versions"]["torch"] == importlib.metadata.version("torch")
+    assert {c["kind"] for c in run["components"]} == {"dataset", "cropper", "backbone", "loss", "sampler", "callback"}
     assert all(c["distribution"] == "fermetric" for c in run["components"])
-    state = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    state = torch.load(out.last_checkpoint, weights_only=True)
     assert state["epoch"] == 3 and state["meta"]["classes"] == saved["confusion_matrix"]["classes"]
+
+
+def test_tensorboard_scalars_are_the_history(tmp_path, tiny_overrides):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = RunFolder(tmp_path / "run")
+    engine.run_recipe(QUICKSTART, str(out.root), tiny_overrides + ["train.epochs=3", 'callback.0.name="tensorboard"'])
+    events = EventAccumulator(str(out.tensorboard_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/cross_entropy", "loss/emlf", "accuracy/train", "accuracy/validation", "optim/lr",
+            "speed/images_per_s"} <= tags
+    rows = out.history()
+    logged = [(e.step, e.value) for e in events.Scalars("loss/total")]
+    assert [s for s, _ in logged] == [1, 2, 3]
+    assert [v for _, v in logged] == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-6)
 
 
 def test_existing_run_folder_needs_resume(tmp_path, tiny_overrides):
@@ -53,64 +72,80 @@ def test_existing_run_folder_needs_resume(tmp_path, tiny_overrides):
         engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=2"], resume=True)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_overrides, monkeypatch):
+class KillAt(Callback):
+    """While ``armed``, raises KeyboardInterrupt at the end of epoch ``epoch`` (1-based), after the history row is
+    written and before the checkpointer (always last) saves it: the worst moment for a resume to be exact. The
+    switch lives outside the recipe so that the resumed run's recipe is the one in the folder."""
+
+    armed = False
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, loop):
+        if KillAt.armed and loop.epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+class KillPlugin:
+    @fermetric.hookimpl
+    def register_callbacks(self, register):
+        register("kill_at", KillAt)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_overrides):
     overrides = tiny_overrides + ["train.epochs=3", "eval.knn=true"]
     straight, _ = engine.run_recipe(QUICKSTART, str(tmp_path / "straight"), overrides)
 
-    calls = {"n": 0}
-    real_append = engine._append_history
+    host = PluginHost(entry_points=False)
+    host.add_plugin(KillPlugin(), "kill")
+    out = RunFolder(tmp_path / "resumed")
+    killer = overrides + ['callback.0.name="kill_at"', "callback.0.epoch=3"]
+    KillAt.armed = True
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.run_recipe(QUICKSTART, str(out.root), killer, host=host)
+    finally:
+        KillAt.armed = False
+    assert out.status() == "interrupted"
+    assert torch.load(out.last_checkpoint, weights_only=True)["epoch"] == 1
+    assert len(out.history()) == 3, "the killed epoch's history row was written before the kill"
 
-    def dying_append(path, row):
-        calls["n"] += 1
-        if calls["n"] == 3:  # killed while finishing epoch 3: the epoch-2 checkpoint is the last one saved
-            raise KeyboardInterrupt
-        real_append(path, row)
-
-    monkeypatch.setattr(engine, "_append_history", dying_append)
-    out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        engine.run_recipe(QUICKSTART, str(out), overrides)
-    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    assert torch.load(out / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(engine, "_append_history", real_append)
-
-    resumed, _ = engine.run_recipe(QUICKSTART, str(out), overrides, resume=True)
+    resumed, _ = engine.run_recipe(QUICKSTART, str(out.root), killer, resume=True, host=host)
     assert resumed["accuracy"] == straight["accuracy"]
     assert resumed["macro_f1"] == straight["macro_f1"]
     assert resumed["embedding"]["knn_precision_at_1"] == straight["embedding"]["knn_precision_at_1"]
-    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model"]
-    b = torch.load(out / "checkpoints/last.pt", weights_only=True)["model"]
+    a = torch.load(RunFolder(tmp_path / "straight").last_checkpoint, weights_only=True)["model"]
+    b = torch.load(out.last_checkpoint, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["epoch"] for r in history(out / "history.csv")] == ["1", "2", "3"]
+    assert [r["epoch"] for r in out.history()] == ["1", "2", "3"]
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_overrides, monkeypatch):
-    out = tmp_path / "run"
-    first, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
-    run_json, metrics_json = (out / "run.json").read_text(), (out / "metrics.json").read_text()
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained or evaluated again")
-
-    monkeypatch.setattr(engine.Runner, "run_fold", no_training)
-    again, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"], resume=True)
+    out = RunFolder(tmp_path / "run")
+    first, _ = engine.run_recipe(QUICKSTART, str(out.root), tiny_overrides + ["train.epochs=1"])
+    run_json, metrics_json = out.run_file.read_text(), out.metrics_file.read_text()
+    files = {p: p.stat().st_mtime_ns for p in out.root.rglob("*") if p.is_file()}
+    again, _ = engine.run_recipe(QUICKSTART, str(out.root), tiny_overrides + ["train.epochs=1"], resume=True)
     assert again == json.loads(metrics_json) and again["accuracy"] == first["accuracy"]
-    assert (out / "run.json").read_text() == run_json  # start and end times (the run's wall time) kept
-    assert (out / "metrics.json").read_text() == metrics_json
+    assert out.run_file.read_text() == run_json  # start and end times (the run's wall time) kept
+    assert out.metrics_file.read_text() == metrics_json
+    touched = [p for p, m in files.items() if p != out.recipe_file and p.stat().st_mtime_ns != m]
+    assert touched == [], "nothing was trained or evaluated again"
 
 
 def test_kfold_writes_folds_and_aggregate(tmp_path, tiny_overrides):
-    out = tmp_path / "kfold"
-    metrics, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1", "eval.protocol=kfold", "eval.folds=3"])
-    assert [p.name for p in sorted(out.glob("fold_*"))] == ["fold_00", "fold_01", "fold_02"]
+    out = RunFolder(tmp_path / "kfold")
+    metrics, _ = engine.run_recipe(QUICKSTART, str(out.root), tiny_overrides + ["train.epochs=1", "eval.protocol=kfold", "eval.folds=3"])
+    assert out.folds() == [out.fold(0), out.fold(1), out.fold(2)]
     assert len(metrics["per_fold"]) == 3
-    accs = [json.loads((out / f"fold_{i:02d}/metrics.json").read_text())["accuracy"] for i in range(3)]
+    accs = [out.fold(i).metrics()["accuracy"] for i in range(3)]
     assert metrics["accuracy"] == pytest.approx(np.mean(accs))
     assert metrics["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
 
 
 def _write_image_folder(root, n_per_class=4):
-    from fermetric import synthetic
+    from fermetric.components import synthetic
 
     faces = synthetic.generate(n_subjects=4, per_class=1, size=48, seed=3)
     rows = ["path,label,subject"]
@@ -142,7 +177,7 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
     host = get_host()
     runner = engine.Runner(engine.recipe_mod.validate(recipe, host), out, host)
     runner.run()
-    data = json.loads((out / "run.json").read_text())["data"]
+    data = RunFolder(out).run_info()["data"]
     assert data["unreadable"] == 2
     assert sorted(f["file"].rsplit("/", 1)[-1] for f in data["unreadable_files"]) == ["bad.png", "none.png"]
     assert data["images_used"] == 28
@@ -153,12 +188,12 @@ def test_one_fold_of_kfold_is_a_partial_run_and_repeated_losses_get_own_columns(
     out = tmp_path / "fold"
     overrides = tiny_overrides + ["train.epochs=1", "eval.protocol=kfold", "eval.folds=3", "loss.2.name=emlf", "loss.2.weight=0.1"]
     engine.run_recipe(QUICKSTART, str(out), overrides, fold=1)
-    run = json.loads((out / "run.json").read_text())
+    run = RunFolder(out).run_info()
     assert run["status"] == "partial (1 of 3 folds)" and len(run["folds"]) == 3
-    assert json.loads((out / "metrics.json").read_text())["folds"] == [1]
-    assert {"loss_emlf_1", "loss_emlf_2", "loss_cross_entropy"} <= set(history(out / "fold_01/history.csv")[0])
+    assert RunFolder(out).metrics()["folds"] == [1]
+    assert {"loss_emlf_1", "loss_emlf_2", "loss_cross_entropy"} <= set(RunFolder(out).fold(1).history()[0])
     engine.run_recipe(QUICKSTART, str(out), overrides, fold=0, resume=True)
-    assert json.loads((out / "metrics.json").read_text())["folds"] == [0, 1]
+    assert RunFolder(out).metrics()["folds"] == [0, 1]
 
 
 def test_a_run_that_failed_before_training_can_be_rerun_without_resume(tmp_path, tiny_overrides, monkeypatch):
@@ -173,4 +208,4 @@ def test_a_run_that_failed_before_training_can_be_rerun_without_resume(tmp_path,
         engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
     monkeypatch.setattr(engine, "prepare", real_prepare)
     metrics, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
-    assert (out / "metrics.json").is_file() and 0 <= metrics["accuracy"] <= 1
+    assert RunFolder(out).metrics_file.is_file() and 0 <= metrics["accuracy"] <= 1

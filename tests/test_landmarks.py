@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fermetric import landmarks
+from fermetric.components import landmarks
 from fermetric.errors import FermetricError, NoFace
-from fermetric.faces import FaceImage
-from fermetric.landmarks import TEMPLATE_68, get_face_box, get_landmarks, template_landmarks
+from fermetric.contracts import FaceImage
+from fermetric.components.landmarks import TEMPLATE_68, get_face_box, get_landmarks, template_landmarks
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HAVE_DLIB = all(importlib.util.find_spec(m) is not None for m in ("dlib", "face_recognition_models"))
@@ -78,7 +78,7 @@ def test_dlib_finds_nothing_on_a_blank_image():
 @needs_dlib
 def test_dlib_on_synthetic_faces():
     # The drawn faces are face-like enough for dlib: a check on both the drawing and the 48 px upscaling path.
-    from fermetric import synthetic
+    from fermetric.components import synthetic
 
     faces = synthetic.generate(n_subjects=2, per_class=1, size=48)
     dl = landmarks.DlibLandmarks()

@@ -10,10 +10,12 @@ from pytorch_metric_learning.distances import BaseDistance
 from pytorch_metric_learning.miners import BaseMiner
 
 import fermetric
-import fermetric.losses
+import fermetric.components.losses
 from fermetric import hookspecs
 from fermetric.errors import RecipeError
-from fermetric.losses import DISTANCES, EMLF, MINERS, CenterLoss, CrossEntropyLoss, IslandLoss, make_distance, make_miner
+from fermetric.components.distances import DISTANCES, make_distance
+from fermetric.components.losses import EMLF, CenterLoss, CrossEntropyLoss, IslandLoss
+from fermetric.components.miners import MINERS, make_miner
 
 NUM_CLASSES, EMBEDDING_SIZE = 7, 16
 
@@ -30,7 +32,7 @@ def _one_thread():
 def _registered_losses() -> dict:
     pm = pluggy.PluginManager("fermetric")
     pm.add_hookspecs(hookspecs)
-    pm.register(fermetric.losses)
+    pm.register(fermetric.components.losses)
     registered = {}
     pm.hook.register_losses(register=registered.__setitem__)
     return registered
@@ -40,10 +42,12 @@ REGISTERED = _registered_losses()
 
 
 def _build(factory):
-    """As the engine does: fill in num_classes/embedding_size when the factory asks for them."""
-    params = inspect.signature(factory).parameters
+    """As the engine does (fermetric.build.build): num_classes/embedding_size filled in when the factory asks."""
+    from fermetric.plugins import factory_params
+
+    params, accepts_any = factory_params(factory)
     model_info = {"num_classes": NUM_CLASSES, "embedding_size": EMBEDDING_SIZE}
-    return factory(**{k: v for k, v in model_info.items() if k in params})
+    return factory(**{k: v for k, v in model_info.items() if k in params or accepts_any})
 
 
 def _batch(seed=0, batch_size=28, width=EMBEDDING_SIZE):
@@ -112,7 +116,7 @@ def test_emlf_training_separates_expressions(variant, distance):
     # Toy problem: free embeddings, drawn close together so that every pair starts inside the margins.
     x = torch.nn.Parameter(torch.randn(1, 8) + 0.3 * torch.randn(42, 8))
     y = torch.arange(42) % NUM_CLASSES
-    loss = EMLF(variant=variant, distance=distance)
+    loss = EMLF(variant=variant, distance=make_distance(distance))
     optimizer = torch.optim.Adam([x], lr=0.05)
     first, ratio_before = loss(x, y).item(), _intra_inter_ratio(x.detach(), y)
     for _ in range(40):
@@ -191,9 +195,13 @@ def test_make_miner(name):
     assert isinstance(indices, tuple) and len(indices) in (3, 4)
 
 
-def test_make_miner_converts_a_distance_name():
-    miner = make_miner("triplet_margin", margin=0.1, distance="cosine")
+def test_the_builder_turns_a_miners_distance_name_into_the_registered_object(host):
+    from fermetric.build import build
+
+    miner, _ = build(host, "miner", {"name": "triplet_margin", "margin": 0.1, "distance": "cosine"}, {"name"})
     assert type(miner.distance).__name__ == "CosineSimilarity" and miner.margin == 0.1
+    loss, _ = build(host, "loss", {"name": "emlf", "distance": {"name": "squared_euclidean", "normalize_embeddings": False}})
+    assert loss.distance_name == "squared_euclidean" and loss.distance.normalize_embeddings is False
 
 
 @pytest.mark.parametrize(
@@ -211,7 +219,8 @@ def test_unknown_names_raise_listing_the_valid_ones(call, valid):
 
 @pytest.mark.parametrize(
     "params",
-    [{"variant": "semihard"}, {"distance": "dot"}, {"pos_margin": 1.0, "neg_margin": 0.5}, {"push_weight": -1.0}],
+    [{"variant": "semihard"}, {"distance": make_distance("dot")}, {"distance": "cosine"}, {"pos_margin": 1.0, "neg_margin": 0.5},
+     {"push_weight": -1.0}],
 )
 def test_emlf_rejects_bad_parameters(params):
     with pytest.raises(ValueError):
@@ -219,13 +228,11 @@ def test_emlf_rejects_bad_parameters(params):
 
 
 @pytest.mark.parametrize("name", ["euclidean", "squared_euclidean", "cosine"])
-def test_emlf_accepts_the_distance_object_the_engine_builds(name):
-    # The engine turns every loss's distance string into a PML object before calling the factory.
-    x, y = _batch()
-    from_object = EMLF(distance=make_distance(name), normalize=False)
-    from_name = EMLF(distance=name, normalize=False)
-    assert from_object.distance_name == name and from_object.neg_margin == from_name.neg_margin
-    torch.testing.assert_close(from_object(x, y), from_name(x, y))
+def test_emlf_reads_its_distance_kind_from_the_object(name):
+    from fermetric.components.losses.emlf import DEFAULT_NEG_MARGIN
+
+    loss = EMLF(distance=make_distance(name))
+    assert loss.distance_name == name and loss.neg_margin == DEFAULT_NEG_MARGIN[name]
 
 
 @pytest.mark.parametrize("name", ["emlf", "center", "island"])

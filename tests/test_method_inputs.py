@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from fermetric import engine
-from fermetric.croppers import AUPartialCropper
-from fermetric.datasets import FaceDataset, Sample
+from fermetric.components.croppers import AUPartialCropper
+from fermetric.contracts import FaceDataset, Sample
 from fermetric.errors import FermetricError, RecipeError
-from fermetric.pipeline import prepare
+from fermetric.data.pipeline import prepare
 
 from .conftest import shared_data
 
@@ -23,7 +23,7 @@ def _dataset(samples, classes=("happy", "sad")):
 
 def test_blank_image_follows_on_no_face_policy(tmp_path):
     blank = Sample(key="blank", label="happy", image=np.full((64, 64), 128, np.uint8))
-    from fermetric import synthetic
+    from fermetric.components import synthetic
 
     face = synthetic.generate(n_subjects=1, per_class=1, size=64, seed=0)[0]
     good = Sample(key="good", label="sad", image=face.image, landmarks=face.landmarks)
@@ -40,7 +40,7 @@ def test_blank_image_follows_on_no_face_policy(tmp_path):
 
 
 def test_missing_landmark_file_is_counted_by_reason(tmp_path):
-    from fermetric import synthetic
+    from fermetric.components import synthetic
 
     face = synthetic.generate(n_subjects=1, per_class=1, size=64, seed=0)[0]
     path = tmp_path / "face.png"
@@ -118,7 +118,7 @@ def test_a_broken_cropper_stops_the_run_naming_file_and_cropper(tmp_path):
 
 
 def test_a_landmark_file_added_later_is_not_hidden_by_the_cache(tmp_path):
-    from fermetric import synthetic
+    from fermetric.components import synthetic
 
     face = synthetic.generate(n_subjects=1, per_class=1, size=64, seed=0)[0]
     path = tmp_path / "face.png"

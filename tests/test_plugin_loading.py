@@ -195,9 +195,9 @@ def test_a_plugin_cannot_take_a_built_in_name(make_plugin):
     """)
     host = PluginHost(allow=["fmtest-shadow"])
     (problem,) = problems_of(host, "fmtest-shadow")
-    assert "loss 'cross_entropy' is registered twice: by plugin 'fermetric.losses' (fermetric) and by plugin" in problem
+    assert "loss 'cross_entropy' is registered twice: by plugin 'fermetric.components.losses' (fermetric) and by plugin" in problem
     assert "'fmtest-shadow' (fmtest-shadow)" in problem
-    assert host.registry("loss").get("cross_entropy").plugin == "fermetric.losses"
+    assert host.registry("loss").get("cross_entropy").plugin == "fermetric.components.losses"
     assert host.registry("loss").get("fmtest_shadow_extra").plugin == "fmtest-shadow"  # its other names still register
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from fermetric.datasets import FaceDataset, Sample, manifest_dataset
+from fermetric.components.datasets import manifest_dataset
+from fermetric.contracts import FaceDataset, Sample
 from fermetric.errors import FermetricError, RecipeError
-from fermetric.pipeline import Prepared
-from fermetric.protocols import Fold, groups_of, make_folds
+from fermetric.data.pipeline import Prepared
+from fermetric.data.protocols import Fold, groups_of, make_folds
 from fermetric.recipe import SCHEMA
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -210,9 +211,9 @@ def test_validation_needs_two_training_subjects():
 def test_split_protocol_refuses_a_subject_on_both_sides():
     import torch
 
-    from fermetric.datasets import Sample
-    from fermetric.pipeline import Prepared
-    from fermetric.protocols import make_folds
+    from fermetric.components.datasets import Sample
+    from fermetric.data.pipeline import Prepared
+    from fermetric.data.protocols import make_folds
 
     samples = [Sample(key=f"k{i}", label="a" if i % 2 else "b", subject=f"s{i // 4}", meta={"split": "test" if i in (3, 4) else "train"})
                for i in range(16)]

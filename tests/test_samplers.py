@@ -6,10 +6,10 @@ import numpy as np
 import pluggy
 import pytest
 
-import fermetric.samplers
+import fermetric.components.samplers
 from fermetric import hookspecs
 from fermetric.errors import RecipeError
-from fermetric.samplers import MPerClassBatchSampler, RandomBatchSampler
+from fermetric.components.samplers import MPerClassBatchSampler, RandomBatchSampler
 
 # Unbalanced like a FER training set: one frequent expression, one with fewer images than m.
 LABELS = [0] * 40 + [1] * 20 + [2] * 15 + [3] * 10 + [4] * 8 + [5] * 4 + [6] * 3
@@ -23,7 +23,7 @@ def _epoch(sampler, epoch):
 def test_hook_registers_both_samplers():
     pm = pluggy.PluginManager("fermetric")
     pm.add_hookspecs(hookspecs)
-    pm.register(fermetric.samplers)
+    pm.register(fermetric.components.samplers)
     registered = {}
     pm.hook.register_samplers(register=registered.__setitem__)
     assert registered == {"random": RandomBatchSampler, "m_per_class": MPerClassBatchSampler}

@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fermetric import synthetic
-from fermetric.faces import FaceImage
+from fermetric.components import synthetic
+from fermetric.contracts import FaceImage
 
 
 @pytest.fixture(scope="module")

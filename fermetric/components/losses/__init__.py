@@ -1,16 +1,15 @@
 """fermetric's losses, registered through the ``register_losses`` hook.
 
 Ours: ``cross_entropy`` (on logits), ``emlf`` (the expression metric loss), ``center`` and ``island``.
-pytorch-metric-learning's supervised losses are registered as they are (see :data:`PML_LOSSES`). The
-engine uses :func:`make_distance` and :func:`make_miner` to turn a recipe's ``distance``/``miner`` strings
-into PML objects.
+pytorch-metric-learning's supervised losses are registered as they are (see :data:`PML_LOSSES`). Distances
+and miners are components of their own (:mod:`fermetric.components.distances`, :mod:`~.miners`).
 """
 
 import fermetric
-from fermetric.losses.centers import CenterLoss, IslandLoss
-from fermetric.losses.classification import CrossEntropyLoss
-from fermetric.losses.emlf import EMLF
-from fermetric.losses.pml import DISTANCES, MINERS, PML_LOSSES, ParameterError, make_distance, make_miner
+from fermetric.components.losses.centers import CenterLoss, IslandLoss
+from fermetric.components.losses.classification import CrossEntropyLoss
+from fermetric.components.losses.emlf import EMLF
+from fermetric.components.losses.pml import PML_LOSSES, ParameterError
 
 LOSSES: dict[str, type] = {
     "cross_entropy": CrossEntropyLoss,
@@ -30,14 +29,10 @@ def register_losses(register):
 __all__ = [
     "CenterLoss",
     "CrossEntropyLoss",
-    "DISTANCES",
     "EMLF",
     "IslandLoss",
     "LOSSES",
-    "MINERS",
     "PML_LOSSES",
     "ParameterError",
-    "make_distance",
-    "make_miner",
     "register_losses",
 ]

@@ -22,7 +22,7 @@ Sources (``LANDMARK_SOURCES``):
 ``TEMPLATE_68`` is the mean dlib landmark layout of CK+48 (48x48 crops of CK+ peak frames), measured by
 ``scripts/make_template68.py``: every image padded by 25% (edge replication), upscaled to 256 px, landmarks
 mapped back. dlib found a face in all 981 images; the template is the mean over those 981, stored in
-``fermetric/template68.npy`` in normalized coordinates (``(x + 0.5) / width``, ``(y + 0.5) / height``).
+``fermetric/components/template68.npy`` in normalized coordinates (``(x + 0.5) / width``, ``(y + 0.5) / height``).
 The CK+48 crops coincide with OpenCV's Haar box (measured: the Haar box of a CK+48 image spans
 -0.01..1.01 of it), so the template also places landmarks inside a Haar box.
 It is an average over the seven CK+ expressions, so its mouth is slightly open and its brows slightly raised
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fermetric.errors import FermetricError, NoFace
-from fermetric.faces import FaceImage
+from fermetric.errors import FermetricError, MissingResource, NoFace
+from fermetric.contracts import FaceImage, to_gray
 
 LANDMARK_SOURCES = ("template", "dlib", "dataset", "haar")
 
@@ -89,18 +89,6 @@ def template_landmarks(height: int, width: int) -> np.ndarray:
     """:data:`TEMPLATE_68` in pixel coordinates of a ``height`` x ``width`` aligned face crop."""
     scale = np.array([width, height], dtype=np.float32)
     return (_load_template() * scale - 0.5).astype(np.float32)
-
-
-def _as_gray(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3:
-        import cv2
-
-        code = cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY
-        image = cv2.cvtColor(image, code)
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
 
 
 class _Resampled:
@@ -154,10 +142,10 @@ def dlib_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> str:
     """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise FermetricError(f"dlib landmarks need face-recognition-models: {DLIB_INSTALL_HINT}")
+        raise MissingResource(f"dlib landmarks need face-recognition-models: {DLIB_INSTALL_HINT}")
     path = os.path.join(spec.submodule_search_locations[0], "models", name)
     if not os.path.exists(path):
-        raise FermetricError(f"{path} not found; reinstall the models: {DLIB_INSTALL_HINT}")
+        raise MissingResource(f"{path} not found; reinstall the models: {DLIB_INSTALL_HINT}")
     return path
 
 
@@ -168,7 +156,7 @@ def require_dlib() -> None:
     before any image is read, not on the first one.
     """
     if importlib.util.find_spec("dlib") is None:
-        raise FermetricError(f"dlib landmarks need dlib: {DLIB_INSTALL_HINT}")
+        raise MissingResource(f"dlib landmarks need dlib: {DLIB_INSTALL_HINT}")
     dlib_model_path()
 
 
@@ -179,7 +167,7 @@ def _load_dlib():
             try:
                 import dlib
             except ImportError as exc:
-                raise FermetricError(f"dlib landmarks need dlib: {DLIB_INSTALL_HINT}") from exc
+                raise MissingResource(f"dlib landmarks need dlib: {DLIB_INSTALL_HINT}") from exc
             path = dlib_model_path()
             _dlib_models["detector"] = dlib.get_frontal_face_detector()
             _dlib_models["predictor"] = dlib.shape_predictor(path)
@@ -212,7 +200,7 @@ class DlibLandmarks:
         import dlib
 
         detector, predictor = _load_dlib()
-        gray = _as_gray(image)
+        gray = to_gray(image)
         for view in _attempts(gray):
             rects = list(detector(view.image, self.upsample))
             if not rects:
@@ -268,7 +256,7 @@ class HaarFaceBox:
 
     def __call__(self, image: np.ndarray) -> tuple[float, float, float, float]:
         cascade = _load_haar()
-        gray = _as_gray(image)
+        gray = to_gray(image)
         for view in _attempts(gray):
             boxes = cascade.detectMultiScale(
                 view.image, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(40, 40)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from .errors import FermetricError, RecipeError
-from .pipeline import Prepared
+from fermetric.data.pipeline import Prepared
+from fermetric.errors import FermetricError, RecipeError
 
 
 @dataclass

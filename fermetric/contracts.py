@@ -1,0 +1,137 @@
+"""The contracts plugins are written against: what a dataset lists, what a cropper receives, what a callback sees.
+
+Plugin authors import from here (and from :mod:`fermetric.errors` and :mod:`fermetric.hookspecs`)::
+
+    from fermetric.contracts import FaceImage, Sample, FaceDataset, load_landmarks_file, Callback
+    from fermetric.contracts import to_gray, eye_line_rotation, warp_box, warp   # geometry helpers
+
+Nothing here imports the rest of fermetric, so this module is safe to depend on from any layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fermetric.geometry import (  # noqa: F401 - re-exported: the one module plugins import
+    IDENTITY,
+    apply_affine,
+    eye_centres,
+    eye_line_rotation,
+    level_rotation,
+    resize,
+    to_gray,
+    warp,
+    warp_box,
+)
+
+
+@dataclass
+class FaceImage:
+    """One image on its way to a cropper.
+
+    image: HxW uint8 grayscale (the whole pipeline is grayscale; a backbone may repeat it to 3 channels).
+    landmarks: (68, 2) float32 pixel coordinates (x, y) in the iBUG-300W order, when the dataset gives
+        them; ``None`` otherwise.
+    landmarks_error: why the dataset could not give landmarks it was asked for (missing file, ...).
+    path: where the image came from, for messages.
+    """
+
+    image: np.ndarray
+    path: str = ""
+    landmarks: np.ndarray | None = None
+    landmarks_error: str | None = None
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".webp"}
+
+
+@dataclass
+class Sample:
+    """One image of a dataset.
+
+    key: unique and stable (the file path, or ``synthetic/<n>``); the crop cache and error reports use it.
+    meta: every other manifest column (``usage``, ``sequence``, ...), for split columns and grouping.
+    image: already decoded pixels (generated datasets); files are decoded by the pipeline.
+    landmarks / landmarks_file: 68 points given by the dataset, inline or as a file (.npy, .txt, .pts).
+    """
+
+    key: str
+    label: str
+    subject: str | None = None
+    path: Path | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    landmarks_file: Path | None = None
+
+
+@dataclass
+class FaceDataset:
+    name: str
+    classes: list[str]
+    samples: list[Sample]
+    synthetic: bool = False
+
+    @property
+    def has_subjects(self) -> bool:
+        return bool(self.samples) and all(s.subject for s in self.samples)
+
+
+def load_landmarks_file(path: Path) -> np.ndarray:
+    """68 (x, y) points from ``.npy``, a whitespace/comma text file, or an iBUG ``.pts`` file."""
+    if path.suffix == ".npy":
+        points = np.load(path)
+    else:
+        lines = path.read_text().splitlines()
+        if lines and lines[0].startswith("version"):
+            start = lines.index("{") + 1
+            lines = lines[start : lines.index("}")]
+        points = np.array([[float(v) for v in line.replace(",", " ").split()] for line in lines if line.strip()])
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    if len(points) != 68:
+        raise ValueError(f"expected 68 landmarks, found {len(points)}")
+    return points
+
+
+class Callback:
+    """A training callback: override the events you need (each gets the running loop).
+
+    What a callback may read on ``loop`` (a :class:`fermetric.training.loop.TrainLoop`):
+
+    - ``loop.epoch`` (0-based), ``loop.epochs``, ``loop.start_epoch`` (> 0 when resumed), ``loop.step`` (batch in the
+      epoch, 1-based after ``on_batch_end``), ``loop.batches`` (per epoch), ``loop.fold`` / ``loop.n_folds``;
+    - ``loop.row``: after an epoch, its history row (``epoch``, ``lr``, ``train_loss``, ``loss_<term>``,
+      ``train_accuracy``, ``seconds``, ``images_per_s``, and ``val_accuracy`` / ``val_macro_f1`` with validation data);
+    - ``loop.running()``: mean loss and accuracy of the epoch so far (reads them from the device: call it rarely);
+    - ``loop.improved`` / ``loop.best``: whether this epoch is the selected one so far, and which epoch that is;
+    - ``loop.folder``: the fold's :class:`fermetric.runfolder.RunFolder` (write your files under ``loop.folder.root``);
+    - ``loop.model``, ``loop.objective``, ``loop.device``, ``loop.log(text)`` (the run's console and log file).
+
+    A callback stops training early by setting ``loop.should_stop = True``. Whatever ``state_dict()`` returns goes into
+    the checkpoint and comes back through ``load_state_dict`` on ``--resume``.
+    """
+
+    def on_fit_start(self, loop: Any) -> None:
+        """Before the first epoch to run (after a resumed checkpoint was restored)."""
+
+    def on_epoch_start(self, loop: Any) -> None:
+        """Before the first batch of ``loop.epoch``."""
+
+    def on_batch_end(self, loop: Any) -> None:
+        """After each optimizer step. Keep it cheap: it runs once per batch."""
+
+    def on_epoch_end(self, loop: Any) -> None:
+        """After training and validating ``loop.epoch``; ``loop.row`` holds its figures."""
+
+    def on_fit_end(self, loop: Any) -> None:
+        """After the last epoch (or an early stop), before the test evaluation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

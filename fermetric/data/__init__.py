@@ -1,0 +1,1 @@
+"""From a dataset to crops ready for training: decoding, cropping, the crop store, split protocols."""

@@ -1,0 +1,363 @@
+"""From a dataset's sample list to one in-memory tensor of crops: decode once, crop once, cache on disk.
+
+Crops are cached in one SQLite file per cache folder, keyed by the image's content and the cropper's name and
+parameters, so a second run (or another recipe with the same crop) never decodes or detects again. A file
+that cannot be read is reported by path and skipped; a face the cropper cannot find follows
+``crop.on_no_face`` ("fallback" to the whole image, "skip", or "error"). Both are counted in the run summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from fermetric.contracts import FaceDataset, FaceImage, Sample, load_landmarks_file
+from fermetric.data.decode import REFUSED, UnreadableImage, array_to_gray8, decode_bytes, read_image_bytes
+from fermetric.errors import FermetricError, NoFace
+from fermetric.progress import progress_bar
+
+# Bump when the way crops are computed changes, so old cache entries are not reused.
+CACHE_FORMAT = 3  # 3: 16-bit and float images scaled, not clipped (fermetric.data.decode)
+
+
+@dataclass
+class Prepared:
+    """Crops ready for training: ``images`` (N, 1, H, W) uint8 and ``labels`` (N,) class ids."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    samples: list[Sample]
+    classes: list[str]
+    synthetic: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def decode(sample: Sample, data: bytes | None = None) -> np.ndarray:
+    """Grayscale uint8 pixels of a sample, or :class:`~fermetric.data.decode.UnreadableImage` (the only error,
+    whatever the file holds; the rules for bombs, bit depths, modes and non-regular files are in
+    :mod:`fermetric.data.decode`). ``data``: the file's bytes when the caller has read them already."""
+    refused = sample.meta.get(REFUSED) if sample.meta else None
+    if refused:
+        raise UnreadableImage(sample.key, *_split_reason(refused))
+    if sample.image is not None:
+        try:
+            return array_to_gray8(sample.image)
+        except ValueError as exc:
+            raise UnreadableImage(sample.key, "bad pixels", str(exc)) from None
+    if sample.path is None:
+        raise UnreadableImage(sample.key, "no file", "the sample has neither pixels nor a path")
+    if data is None:
+        data = read_image_bytes(sample.path)
+    return decode_bytes(data, sample.key)
+
+
+def _split_reason(text: str) -> tuple[str, str]:
+    reason, _, detail = str(text).partition(": ")
+    return reason, detail
+
+
+def face_of(sample: Sample, image: np.ndarray) -> FaceImage:
+    face = FaceImage(image=image, path=sample.key, landmarks=sample.landmarks)
+    if face.landmarks is None and sample.landmarks_file is not None:
+        if not sample.landmarks_file.is_file():
+            face.landmarks_error = f"landmark file missing: {sample.landmarks_file}"
+        else:
+            try:
+                face.landmarks = load_landmarks_file(sample.landmarks_file)
+            except (OSError, ValueError) as exc:
+                face.landmarks_error = f"landmark file unreadable: {sample.landmarks_file}: {exc}"
+    return face
+
+
+def cropper_key(crop_table: dict[str, Any], version: str | None) -> str:
+    spec = {k: v for k, v in crop_table.items() if k not in ("on_no_face", "cache")}
+    blob = json.dumps({"crop": spec, "plugin_version": version, "format": CACHE_FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class CropCache:
+    """A key/value store of crops (or of "no face" outcomes) in SQLite: one file, atomic writes.
+
+    A cache file that is not SQLite, or is damaged, stops the run with a :class:`FermetricError` that says to
+    delete it (it is rebuilt); a damaged row (a blob whose length is not h*w, a crop of another size than
+    ``size``, an unknown status) is a cache miss: recomputed and rewritten, never used.
+    """
+
+    def __init__(self, folder: Path | None, size: tuple[int, int] | None = None):
+        self.db = None
+        self.pending = 0
+        self.size = tuple(size) if size is not None else None
+        self.path = Path(folder) / "crops.sqlite" if folder is not None else None
+        self.damaged_rows = 0
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and not self.path.is_file():
+                raise FermetricError(f"crop cache {self.path} is not a file; delete it; it is rebuilt")
+            try:
+                # Runs may share a cache folder (parallel folds or ablations): wait for the other writer, and
+                # let readers read while one writes.
+                self.db = sqlite3.connect(self.path, timeout=120)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute(
+                    "CREATE TABLE IF NOT EXISTS crops (key TEXT PRIMARY KEY, status TEXT, h INT, w INT, data BLOB)"
+                )
+                self.db.execute("SELECT key, status, h, w, data FROM crops LIMIT 1").fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._abandon()
+                raise self._damaged(exc) from None
+
+    def _damaged(self, exc: BaseException) -> FermetricError:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return FermetricError(f"crop cache {self.path} stayed locked by another run: {exc}")
+        return FermetricError(
+            f"crop cache {self.path} is damaged ({type(exc).__name__}: {exc}); delete {self.path} (and"
+            f" {self.path.name}-wal, {self.path.name}-shm beside it, if present); it is rebuilt on the next run"
+        )
+
+    def _abandon(self) -> None:
+        if self.db is not None:
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
+            self.db = None
+
+    def get(self, key: str) -> tuple[str, np.ndarray | None] | None:
+        if self.db is None:
+            return None
+        try:
+            row = self.db.execute("SELECT status, h, w, data FROM crops WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._abandon()
+            raise self._damaged(exc) from None
+        if row is None:
+            return None
+        status, h, w, data = row
+        if status == "ok":
+            if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and isinstance(data, bytes)
+                    and len(data) == h * w and (self.size is None or (h, w) == self.size)):
+                self.damaged_rows += 1
+                return None
+            return status, np.frombuffer(data, dtype=np.uint8).reshape(h, w).copy()
+        if isinstance(status, str) and status.startswith("noface:"):
+            return status, None
+        self.damaged_rows += 1
+        return None
+
+    def put(self, key: str, status: str, crop: np.ndarray | None) -> None:
+        if self.db is None:
+            return
+        h, w = crop.shape if crop is not None else (0, 0)
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO crops VALUES (?, ?, ?, ?, ?)",
+                (key, status, h, w, crop.tobytes() if crop is not None else None),
+            )
+            self.pending += 1
+            if self.pending >= 256:  # short transactions: never hold the write lock for long
+                self.commit()
+        except sqlite3.DatabaseError as exc:
+            self._abandon()
+            raise self._damaged(exc) from None
+
+    def commit(self) -> None:
+        if self.db is not None:
+            try:
+                self.db.commit()
+            except sqlite3.DatabaseError as exc:
+                self._abandon()
+                raise self._damaged(exc) from None
+            self.pending = 0
+
+    def close(self) -> None:
+        if self.db is not None:
+            try:
+                self.db.commit()
+            except sqlite3.DatabaseError as exc:
+                self._abandon()
+                raise self._damaged(exc) from None
+            self.db.close()
+            self.db = None
+
+
+def content_hash(sample: Sample, data: bytes | None = None) -> str:
+    """The image's bytes and, when the dataset gives landmarks, theirs: a crop depends on both, so a fixed or
+    added landmark file must not bring back the crop (or the "no face") computed without it. ``data``: the
+    file's bytes, when read already (else they are read here, refusing what is not a regular file)."""
+    digest = hashlib.sha1()
+    if sample.image is not None:
+        digest.update(np.ascontiguousarray(sample.image).tobytes())
+    else:
+        digest.update(data if data is not None else read_image_bytes(sample.path))
+    if sample.landmarks is not None:
+        digest.update(b"landmarks:" + np.ascontiguousarray(sample.landmarks, dtype=np.float32).tobytes())
+    elif sample.landmarks_file is not None:
+        path = Path(sample.landmarks_file)
+        digest.update(b"landmarks-file:" + (path.read_bytes() if path.is_file() else b"missing:" + str(path).encode()))
+    return digest.hexdigest()
+
+
+def _sample_bytes(sample: Sample) -> bytes | None:
+    """The file's bytes, read once for the hash and the decoding; refused samples never touch their file."""
+    refused = sample.meta.get(REFUSED) if sample.meta else None
+    if refused:
+        raise UnreadableImage(sample.key, *_split_reason(refused))
+    if sample.image is not None:
+        return None
+    if sample.path is None:
+        raise UnreadableImage(sample.key, "no file", "the sample has neither pixels nor a path")
+    return read_image_bytes(sample.path)
+
+
+def _unreadable(key: str, exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, UnreadableImage):
+        return {"file": key, "reason": exc.reason, "error": exc.error}
+    return {"file": key, "reason": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def prepare(
+    dataset: FaceDataset,
+    cropper: Any,
+    crop_table: dict[str, Any],
+    cache_dir: Path | None,
+    cropper_version: str | None = None,
+    description: str = "cropping",
+) -> Prepared:
+    """Decode and crop every sample once (or read the crops from the cache).
+
+    The report's ``unreadable_files`` lists ``{"file", "reason", "error"}`` per file left out (``reason`` a short
+    category, counted in ``unreadable_by_reason``); :func:`summary_lines` words it for a console.
+    """
+    policy = crop_table.get("on_no_face", "fallback")
+    ckey = cropper_key(crop_table, cropper_version)
+    height, width = cropper.output_size
+    cache = CropCache(cache_dir if crop_table.get("cache", True) else None, size=(height, width))
+    class_index = {c: i for i, c in enumerate(dataset.classes)}
+    crops: list[np.ndarray] = []
+    labels: list[int] = []
+    kept: list[Sample] = []
+    unreadable: list[dict[str, str]] = []
+    no_face: list[dict[str, str]] = []
+    hits = 0
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task(description, total=len(dataset.samples))
+            for sample in dataset.samples:
+                bar.advance(task)
+                if sample.label not in class_index:
+                    continue
+                try:
+                    data = _sample_bytes(sample)
+                    key = f"{ckey}:{content_hash(sample, data)}"
+                    cached = cache.get(key)
+                    image = None if cached is not None else decode(sample, data)
+                except (OSError, ValueError, cv2.error) as exc:
+                    # Only reading the file is forgiven; a cropper that breaks is a bug and stops the run below.
+                    unreadable.append(_unreadable(sample.key, exc))
+                    continue
+                if cached is not None:
+                    hits += 1
+                    status, crop = cached
+                else:
+                    try:
+                        crop = _checked(cropper(face_of(sample, image)), (height, width), crop_table)
+                        status = "ok"
+                    except NoFace as exc:
+                        crop, status = None, f"noface:{exc}"
+                    except FermetricError:
+                        raise
+                    except Exception as exc:
+                        raise FermetricError(
+                            f"cropper {crop_table.get('name')!r} failed on {sample.key}: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    cache.put(key, status, crop)
+                if status != "ok":
+                    reason = status.removeprefix("noface:")
+                    if policy == "error":
+                        raise FermetricError(f"{sample.key}: {reason} (crop.on_no_face = \"error\")")
+                    no_face.append({"file": sample.key, "reason": reason, "action": policy})
+                    if policy == "skip":
+                        continue
+                    if image is None:
+                        try:
+                            image = decode(sample, data)
+                        except (OSError, ValueError, cv2.error) as exc:
+                            no_face.pop()
+                            unreadable.append(_unreadable(sample.key, exc))
+                            continue
+                    crop = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+                crops.append(crop)
+                labels.append(class_index[sample.label])
+                kept.append(sample)
+    finally:
+        cache.close()
+    by_reason = dict(Counter(item["reason"] for item in unreadable).most_common())
+    if not crops:
+        raise FermetricError(_no_usable_message(dataset, unreadable, by_reason, no_face))
+    report = {
+        "images_listed": len(dataset.samples),
+        "images_used": len(kept),
+        "unreadable": len(unreadable),
+        "unreadable_by_reason": by_reason,
+        "unreadable_files": unreadable,
+        "no_face": len(no_face),
+        "no_face_by_reason": dict(Counter(item["reason"] for item in no_face)),
+        "no_face_files": no_face,
+        "no_face_policy": policy,
+        "cache_hits": hits,
+        "cache_damaged_rows": cache.damaged_rows,
+    }
+    images = torch.from_numpy(np.stack(crops)).unsqueeze(1)
+    return Prepared(images, torch.tensor(labels), kept, list(dataset.classes), dataset.synthetic, report)
+
+
+def _no_usable_message(dataset: FaceDataset, unreadable: list[dict[str, str]], by_reason: dict[str, int],
+                       no_face: list[dict[str, str]], limit: int = 3) -> str:
+    listed = len(dataset.samples)
+    in_classes = sum(1 for s in dataset.samples if s.label in set(dataset.classes))
+    parts = [f"no usable images in dataset {dataset.name!r}: {listed} listed, {len(unreadable)} unreadable,"
+             f" {len(no_face)} without a face (skipped)"]
+    if in_classes < listed:
+        parts[0] += f", {listed - in_classes} outside the classes"
+    if by_reason:
+        parts.append("unreadable by reason: " + ", ".join(f"{r} {n}" for r, n in by_reason.items()))
+    examples = unreadable[:limit] or no_face[:limit]
+    if examples:
+        parts.append("for example: " + "; ".join(f"{e['file']}: {e.get('error') or e.get('reason')}" for e in examples))
+    return "\n  ".join(parts)
+
+
+def summary_lines(report: dict[str, Any], limit: int = 5) -> list[str]:
+    """Console lines for the unreadable files of a :func:`prepare` report: the counts by reason, the first
+    ``limit`` files with their error, then "... and N more (all in run.json)". Empty when every file was read."""
+    files = report.get("unreadable_files") or []
+    if not files:
+        return []
+    by_reason = report.get("unreadable_by_reason") or dict(Counter(f.get("reason", "?") for f in files).most_common())
+    lines = [f"{len(files)} unreadable file{'s' if len(files) != 1 else ''}: "
+             + ", ".join(f"{reason} {n}" for reason, n in by_reason.items())]
+    for item in files[:max(limit, 0)]:
+        lines.append(f"  {item['file']}: {item.get('error') or item.get('reason')}")
+    if len(files) > limit:
+        lines.append(f"  ... and {len(files) - max(limit, 0)} more (all in run.json)")
+    return lines
+
+
+def _checked(crop: np.ndarray, size: tuple[int, int], crop_table: dict[str, Any]) -> np.ndarray:
+    crop = np.asarray(crop)
+    if crop.ndim == 3:
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    if crop.shape != size:
+        raise FermetricError(
+            f"cropper {crop_table.get('name')!r} returned a {crop.shape} crop but declares output_size {size}"
+        )
+    return np.ascontiguousarray(crop, dtype=np.uint8)

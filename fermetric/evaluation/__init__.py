@@ -1,0 +1,1 @@
+"""Evaluation: metrics (:mod:`.metrics`) and pictures (:mod:`.plots`) of a trained model."""

@@ -1,0 +1,199 @@
+"""The run folder: the one owner of every file a run or an ablation writes, their names, and what "finished" means.
+
+A run folder (``fermetric run --out DIR``)::
+
+    recipe.toml              the fully resolved recipe (defaults written out)
+    run.json                 versions, seed, device, components, data summary, status (see :class:`Status`)
+    log.txt                  the console output of every attempt, appended
+    history.csv              one row per epoch (single-split runs; per fold otherwise)
+    checkpoints/last.pt      everything needed to resume, written atomically every epoch
+    checkpoints/best.pt      the epoch selected on validation data (model + metadata)
+    metrics.json             test metrics (k-fold: mean ± std over folds, and each fold's)
+    confusion_matrix.json / .png, embeddings_tsne.png, training_curves.png, tensorboard/
+    fold_00/ ... fold_09/    k-fold: each fold's history, checkpoints, metrics and pictures
+
+An ablation folder (``fermetric ablate --out DIR``)::
+
+    ablation.json, results.csv, results.md
+    cells/<cell id>/cell.json, recipe.toml, error.txt, seed_<s>/ (a run folder)
+
+Everything else in fermetric (engine, ablation, reports, tests) asks this module for paths and states instead of
+spelling file names out. JSON and checkpoints are written atomically (a temporary file, then a rename), so a
+run killed at any moment leaves either the previous file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class Status:
+    """``run.json``'s ``status``: ``running`` while a process works on it, then one final value with a ``reason``."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: ``--resume`` continues it
+    FAILED = "failed"  # an error; ``reason`` says which
+    PARTIAL = "partial"  # --fold K ran some folds of a k-fold protocol, not all
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def save_checkpoint(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths and states of one run folder, or of one fold's folder inside it."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- files ----------------------------------------------------------------------------------------------
+    recipe_file = property(lambda self: self.root / "recipe.toml")
+    run_file = property(lambda self: self.root / "run.json")
+    log_file = property(lambda self: self.root / "log.txt")
+    history_file = property(lambda self: self.root / "history.csv")
+    metrics_file = property(lambda self: self.root / "metrics.json")
+    checkpoint_dir = property(lambda self: self.root / "checkpoints")
+    last_checkpoint = property(lambda self: self.root / "checkpoints" / "last.pt")
+    best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.pt")
+    confusion_json = property(lambda self: self.root / "confusion_matrix.json")
+    confusion_png = property(lambda self: self.root / "confusion_matrix.png")
+    tsne_png = property(lambda self: self.root / "embeddings_tsne.png")
+    curves_png = property(lambda self: self.root / "training_curves.png")
+    tensorboard_dir = property(lambda self: self.root / "tensorboard")
+
+    def fold(self, index: int) -> RunFolder:
+        return RunFolder(self.root / f"fold_{int(index):02d}")
+
+    def folds(self) -> list[RunFolder]:
+        """The fold folders that exist, in order."""
+        return [RunFolder(p) for p in sorted(self.root.glob("fold_[0-9][0-9]")) if p.is_dir()]
+
+    def mkdir(self) -> RunFolder:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def run_info(self) -> dict[str, Any] | None:
+        return read_json(self.run_file)
+
+    def status(self) -> str | None:
+        info = self.run_info()
+        return str(info.get("status")) if info else None
+
+    def is_finished(self) -> bool:
+        """A whole run that ended well: ``run.json`` says finished and ``metrics.json`` is there."""
+        return self.status() == Status.FINISHED and self.metrics_file.is_file()
+
+    def fold_done(self) -> bool:
+        """A fold of a k-fold run is done once its test metrics are written (they are written last)."""
+        return self.metrics_file.is_file()
+
+    def has_training(self) -> bool:
+        """Whether the folder holds anything a new run would destroy: metrics or a checkpoint, here or in a fold."""
+        return self.metrics_file.exists() or self.last_checkpoint.exists() or any(
+            f.last_checkpoint.exists() or f.metrics_file.exists() for f in self.folds()
+        )
+
+    def metrics(self) -> dict[str, Any] | None:
+        return read_json(self.metrics_file)
+
+    def fold_metrics(self) -> list[dict[str, Any]]:
+        """Per-fold test metrics of a finished run (k-fold: each fold's; otherwise the one split's)."""
+        metrics = self.metrics() or {}
+        return list(metrics["per_fold"]) if "per_fold" in metrics else ([metrics] if metrics else [])
+
+    def history(self) -> list[dict[str, str]]:
+        """The rows of ``history.csv`` (strings, as written); empty when there is none."""
+        try:
+            with self.history_file.open(newline="") as f:
+                return list(csv.DictReader(f))
+        except OSError:
+            return []
+
+    def append_history(self, row: dict[str, Any]) -> None:
+        new = not self.history_file.exists()
+        with self.history_file.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate_history(self, epochs_done: int) -> None:
+        """Keep the rows of the first ``epochs_done`` epochs: a run killed after logging an epoch but before
+        checkpointing it logs that epoch again when resumed."""
+        rows = [r for r in self.history() if int(r["epoch"]) <= epochs_done]
+        if not rows:
+            self.history_file.unlink(missing_ok=True)
+            return
+        tmp = self.history_file.with_name(self.history_file.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.history_file)
+
+
+@dataclass(frozen=True)
+class CellFolder:
+    """One cell of an ablation: its overrides, its resolved recipe, the error of a failed seed, a run folder per seed."""
+
+    root: Path
+
+    cell_file = property(lambda self: self.root / "cell.json")
+    recipe_file = property(lambda self: self.root / "recipe.toml")
+    error_file = property(lambda self: self.root / "error.txt")
+
+    def seed(self, s: int) -> RunFolder:
+        return RunFolder(self.root / f"seed_{int(s)}")
+
+
+@dataclass(frozen=True)
+class AblationFolder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    ablation_file = property(lambda self: self.root / "ablation.json")
+    results_csv = property(lambda self: self.root / "results.csv")
+    results_md = property(lambda self: self.root / "results.md")
+
+    def cell(self, cell_id: str) -> CellFolder:
+        return CellFolder(self.root / "cells" / cell_id)
+
+    def cell_relpath(self, cell_id: str) -> str:
+        """The cell's folder relative to the ablation folder, as ``ablation.json`` records it."""
+        return f"cells/{cell_id}"
+
+    def info(self) -> dict[str, Any] | None:
+        return read_json(self.ablation_file)

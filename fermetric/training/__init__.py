@@ -1,0 +1,1 @@
+"""Training: the loop, its callbacks, the objective, the optimizer step."""
