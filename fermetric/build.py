@@ -112,6 +112,29 @@ def build_callbacks(host: PluginHost, recipe: dict[str, Any]) -> tuple[list[Any]
     return built, components
 
 
+def recipe_components(host: PluginHost, recipe: dict[str, Any]) -> list[Component]:
+    """The registry entry of every component a recipe uses, nested ones (a loss's distance, its miner and the
+    miner's distance) included, in recipe order: what run.json records."""
+    found: list[Component] = []
+
+    def visit(kind: str, spec: Any) -> None:
+        table = table_of(spec)
+        found.append(host.registry(kind).get(table["name"]))
+        for key in NESTED_KINDS:
+            if isinstance(table.get(key), (str, dict)):
+                visit(key, table[key])
+
+    visit("dataset", recipe["data"])
+    visit("cropper", recipe["crop"])
+    visit("backbone", recipe["backbone"])
+    for table in recipe_mod.losses_of(recipe):
+        visit("loss", table)
+    visit("sampler", recipe["train"]["sampler"])
+    for table in recipe.get("callback", []):
+        visit("callback", table)
+    return found
+
+
 def component_record(component: Component) -> dict[str, Any]:
     return {"kind": component.kind, "name": component.name, "plugin": component.plugin,
             "distribution": component.distribution, "version": component.version}

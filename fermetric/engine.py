@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from . import recipe as recipe_mod
-from .build import build, build_callbacks, build_model, build_objective, build_sampler, component_record, table_of, versions
+from .build import build, build_callbacks, build_model, build_objective, build_sampler, component_record, recipe_components, versions
 from .data.pipeline import Prepared, prepare
 from .data.protocols import Fold, make_folds
 from .errors import FermetricError, RecipeError
@@ -85,7 +85,7 @@ class Runner:
             return self.folder.metrics()
         seed_everything(self.seed)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        dataset, data_component = build(self.host, "dataset", self.recipe["data"], where="data")
+        dataset, _ = build(self.host, "dataset", self.recipe["data"], where="data")
         cropper, crop_component = build(self.host, "cropper", self.recipe["crop"], where="crop")
         prepared = prepare(
             dataset, cropper, self.recipe["crop"], Path(self.train_cfg["cache_dir"]),
@@ -97,7 +97,7 @@ class Runner:
             if not 0 <= only_fold < len(folds):
                 raise RecipeError(f"--fold {only_fold}: the protocol has folds 0..{len(folds) - 1}")
             folds = [folds[only_fold]]
-        components = [data_component, crop_component, *self._declared_components()]
+        components = recipe_components(self.host, self.recipe)
         run_info = {
             "fermetric": __version__,
             "recipe_file": self.recipe_path,
@@ -137,17 +137,6 @@ class Runner:
         run_info.update(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json(run_info, self.folder.run_file)
         return metrics
-
-    def _declared_components(self):
-        """The registry entries of the components each fold builds (backbone, losses, miners, sampler, callbacks)."""
-        out = [self.host.registry("backbone").get(self.recipe["backbone"]["name"])]
-        for table in recipe_mod.losses_of(self.recipe):
-            out.append(self.host.registry("loss").get(table["name"]))
-            if table.get("miner"):
-                out.append(self.host.registry("miner").get(table_of(table["miner"])["name"]))
-        out.append(self.host.registry("sampler").get(table_of(self.train_cfg["sampler"])["name"]))
-        out += [self.host.registry("callback").get(t["name"]) for t in self.recipe.get("callback", [])]
-        return out
 
     def _aggregate(self, per_fold: list[dict[str, Any]], folds: list[Fold]) -> dict[str, Any]:
         agg = aggregate(per_fold)

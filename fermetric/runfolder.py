@@ -32,6 +32,12 @@ from pathlib import Path
 from typing import Any
 
 
+# The file names, for messages that tell a person where to look ("see error.txt"); code uses the properties.
+RECIPE_FILE, RUN_INFO_FILE, LOG_FILE, HISTORY_FILE, METRICS_FILE = "recipe.toml", "run.json", "log.txt", "history.csv", "metrics.json"
+LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
+ERROR_FILE, RESULTS_MD = "error.txt", "results.md"
+
+
 class Status:
     """``run.json``'s ``status``: ``running`` while a process works on it, then one final value with a ``reason``."""
 
@@ -77,14 +83,14 @@ class RunFolder:
         object.__setattr__(self, "root", Path(self.root))
 
     # -- files ----------------------------------------------------------------------------------------------
-    recipe_file = property(lambda self: self.root / "recipe.toml")
-    run_file = property(lambda self: self.root / "run.json")
-    log_file = property(lambda self: self.root / "log.txt")
-    history_file = property(lambda self: self.root / "history.csv")
-    metrics_file = property(lambda self: self.root / "metrics.json")
+    recipe_file = property(lambda self: self.root / RECIPE_FILE)
+    run_file = property(lambda self: self.root / RUN_INFO_FILE)
+    log_file = property(lambda self: self.root / LOG_FILE)
+    history_file = property(lambda self: self.root / HISTORY_FILE)
+    metrics_file = property(lambda self: self.root / METRICS_FILE)
     checkpoint_dir = property(lambda self: self.root / "checkpoints")
-    last_checkpoint = property(lambda self: self.root / "checkpoints" / "last.pt")
-    best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.pt")
+    last_checkpoint = property(lambda self: self.root / "checkpoints" / LAST_CHECKPOINT)
+    best_checkpoint = property(lambda self: self.root / "checkpoints" / BEST_CHECKPOINT)
     confusion_json = property(lambda self: self.root / "confusion_matrix.json")
     confusion_png = property(lambda self: self.root / "confusion_matrix.png")
     tsne_png = property(lambda self: self.root / "embeddings_tsne.png")
@@ -170,8 +176,8 @@ class CellFolder:
     root: Path
 
     cell_file = property(lambda self: self.root / "cell.json")
-    recipe_file = property(lambda self: self.root / "recipe.toml")
-    error_file = property(lambda self: self.root / "error.txt")
+    recipe_file = property(lambda self: self.root / RECIPE_FILE)
+    error_file = property(lambda self: self.root / ERROR_FILE)
 
     def seed(self, s: int) -> RunFolder:
         return RunFolder(self.root / f"seed_{int(s)}")
@@ -186,7 +192,7 @@ class AblationFolder:
 
     ablation_file = property(lambda self: self.root / "ablation.json")
     results_csv = property(lambda self: self.root / "results.csv")
-    results_md = property(lambda self: self.root / "results.md")
+    results_md = property(lambda self: self.root / RESULTS_MD)
 
     def cell(self, cell_id: str) -> CellFolder:
         return CellFolder(self.root / "cells" / cell_id)
