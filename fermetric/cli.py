@@ -285,6 +285,13 @@ def ablate(recipe: str, grid: tuple[str, ...], seeds: int | None, baseline: str 
         raise FermetricError(f"{len(result.failed)} cell(s) failed: {', '.join(result.failed)}; see error.txt in their folders")
 
 
+# Using a trained model (fermetric.inference; imported here, its heavy modules load when a command runs).
+from .inference.commands import embed, evaluate, explain, export, predict  # noqa: E402
+
+for _command in (predict, evaluate, export, embed, explain):
+    cli.add_command(_command)
+
+
 def main() -> None:
     cli(prog_name="fermetric")
 

@@ -1,0 +1,293 @@
+"""From any picture to the faces a trained model can read: detection, alignment, and the crop the model saw.
+
+The partial image is computed *outside* the network, by the recipe's cropper, from a face framed the way the
+training data was framed. A model's checkpoint names that cropper and its landmark source (``crop.landmarks``),
+and the source decides what a raw photo needs before the cropper may run:
+
+``template`` (and ``haar``)
+    The model was trained on pre-aligned face crops (CK+48, FER2013): the cropper assumes the whole image *is*
+    a face framed like :data:`~fermetric.components.landmarks.TEMPLATE_68`. A raw photo therefore first gets
+    its faces detected, and each face is warped onto that framing ("aligned crop"): with dlib landmarks by a
+    similarity transform onto the template's eyes and nose, with a Haar box by mapping the box onto the crop
+    (the CK+48 crops coincide with the Haar box, see docs/method.md). Without this step a 320x243 photo would
+    be read as if hair and forehead were "eyes and brows".
+``dataset`` and ``dlib``
+    The cropper places its regions from 68 landmarks. Each detected face's landmarks are handed to the cropper
+    (as ``landmarks = "dataset"``), which keeps several faces per image apart (the ``dlib`` cropper alone would
+    always take the largest face). With Haar, the template is fitted into the box, as ``au_partial`` does.
+any other source (a plugin's own detector)
+    The cropper runs as trained on the whole image and finds its face itself (one face per image).
+
+``detect`` chooses the detector: ``dlib``, ``haar``, ``none`` (the whole image is one face, already framed like
+the training data) or ``auto``: dlib when installed, else Haar; and for a model trained on aligned crops, an image
+no larger than twice the model's input (a 48x48 CK+48 or FER2013 image) is taken as an aligned crop already,
+which is exactly what the model trained on. Every face says how it was found (:attr:`Face.method`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fermetric.contracts import FaceImage, to_gray, warp
+from fermetric.errors import FermetricError
+
+DETECTORS = ("auto", "dlib", "haar", "none")
+# Landmark sources whose croppers assume an image that already is an aligned face crop.
+ALIGNED_CROP_SOURCES = ("template", "haar")
+# Landmark sources whose croppers read 68 landmarks: those of each detected face are handed over.
+LANDMARK_SOURCES = ("dataset", "dlib")
+# Landmarks that barely move with the expression (eye corners and lids, nose bridge and nostrils): the similarity
+# onto the template is fitted on them, so that a dropped jaw (surprise) or raised brows do not shrink or shift
+# the aligned face.
+STABLE_POINTS = np.r_[27:36, 36:48]
+# "auto" treats an image up to this many times the model's input side as an aligned crop of a template model.
+ALIGNED_CROP_MAX_RATIO = 2.0
+
+
+@dataclass
+class Face:
+    """One face, ready for the model's cropper.
+
+    face_image: what the cropper receives (the original image, or the aligned crop of this face).
+    method: how the face was found: ``dlib``, ``haar``, ``given landmarks``, ``whole image`` or ``cropper``.
+    box: (x0, y0, x1, y1) of the face's frame in the original image's pixels.
+    quad: the frame's four corners (top-left, top-right, bottom-right, bottom-left) in the original image; a
+        rotated rectangle when the face was aligned.
+    to_original: 2x3 affine from ``face_image`` pixels to original pixels (identity unless aligned).
+    """
+
+    face_image: FaceImage
+    method: str
+    box: tuple[float, float, float, float]
+    quad: np.ndarray
+    to_original: np.ndarray = field(default_factory=lambda: np.array([[1.0, 0, 0], [0, 1.0, 0]]))
+
+
+def dlib_available() -> bool:
+    if importlib.util.find_spec("dlib") is None:
+        return False
+    try:
+        from fermetric.components.landmarks import dlib_model_path
+
+        dlib_model_path()
+    except FermetricError:
+        return False
+    return True
+
+
+def _quad_of_box(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+
+
+def _box_of(quad: np.ndarray) -> tuple[float, float, float, float]:
+    return (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 similarity (rotation, uniform scale, translation) mapping ``src`` points onto ``dst``
+    (Umeyama, without reflection)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rot = u @ sign @ vt
+    scale = float(np.trace(np.diag(sig) @ sign) / max(s.var(0).sum(), 1e-12))
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = md - m[:, :2] @ ms
+    return m
+
+
+def _invert(affine: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(np.vstack([affine, [0, 0, 1]]))[:2]
+
+
+class HaarFaces:
+    """Every frontal face OpenCV's Haar cascade finds, largest first (fermetric's ``HaarFaceBox`` keeps only the
+    largest one). Images under 160 px are padded and upscaled first, as the landmark sources do."""
+
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5):
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise FermetricError(f"OpenCV's Haar cascade {path} is missing; fermetric needs opencv-python-headless>=4.8,<5")
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+        self._lock = threading.Lock()  # a CascadeClassifier is not safe to share between threads
+
+    def __call__(self, gray: np.ndarray) -> list[tuple[float, float, float, float]]:
+        h, w = gray.shape
+        pad, scale, view = 0, 1.0, gray
+        if min(h, w) < 160:
+            pad = int(round(0.25 * min(h, w)))
+            view = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            scale = 256 / min(view.shape)
+            view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        with self._lock:
+            boxes = self.cascade.detectMultiScale(view, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(40, 40))
+        out = [(x / scale - pad, y / scale - pad, (x + bw) / scale - pad, (y + bh) / scale - pad) for x, y, bw, bh in boxes]
+        return sorted(out, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+
+
+_detectors: dict[str, Any] = {}
+_detector_lock = threading.Lock()
+
+
+def _detector(name: str):
+    with _detector_lock:
+        if name not in _detectors:
+            if name == "dlib":
+                from fermetric.components.landmarks import DlibLandmarks
+
+                _detectors[name] = DlibLandmarks()
+            else:
+                _detectors[name] = HaarFaces()
+        return _detectors[name]
+
+
+class FaceFinder:
+    """Finds the faces of one model's kind in any image (see the module docstring for the rules)."""
+
+    def __init__(self, crop_table: dict[str, Any], input_size: tuple[int, int], detect: str = "auto"):
+        if detect not in DETECTORS:
+            raise FermetricError(f"detect = {detect!r}; choose one of {', '.join(DETECTORS)}")
+        self.source = str(crop_table.get("landmarks", "template"))
+        self.crop_name = str(crop_table.get("name"))
+        self.margin = float(crop_table.get("margin", 0.1)) if self.crop_name == "full_face" else 0.0
+        self.size = int(max(input_size))
+        self.requested = detect
+        if detect == "auto":
+            detector = "dlib" if dlib_available() else "haar"
+        else:
+            detector = detect
+        if detector == "dlib" and not dlib_available():
+            from fermetric.components.landmarks import DLIB_INSTALL_HINT
+
+            raise FermetricError(f"--detect dlib needs dlib and its landmark model: {DLIB_INSTALL_HINT}; or use --detect haar")
+        self.detector = detector
+        if self.mode == "cropper":
+            self.detector = "none"
+
+    @property
+    def mode(self) -> str:
+        if self.source in ALIGNED_CROP_SOURCES:
+            return "aligned_crop"
+        if self.source in LANDMARK_SOURCES:
+            return "landmarks"
+        return "cropper"
+
+    def cropper_table(self, crop_table: dict[str, Any]) -> dict[str, Any]:
+        """The crop table inference builds its cropper from: the faces found here supply the landmarks."""
+        table = dict(crop_table)
+        if self.mode == "landmarks":
+            table["landmarks"] = "dataset"
+        elif self.mode == "aligned_crop":
+            # A haar model's crops are the Haar box (grown by full_face's margin): the aligned crop here is that
+            # box, so the cropper only has to read it as a template-framed face.
+            table["landmarks"] = "template"
+        return table
+
+    def describe(self) -> str:
+        """One sentence for people: what happens to a photo before the model sees it."""
+        det = {"dlib": "dlib (HOG detector + 68 landmarks)", "haar": "OpenCV's Haar cascade", "none": "no detector"}[self.detector]
+        if self.mode == "aligned_crop":
+            if self.detector == "none":
+                return (f"model trained on pre-aligned face crops (crop.landmarks = {self.source!r}): every image is taken"
+                        " as one face already framed like the training data (--detect none)")
+            small = (f"; images up to {int(self.size * ALIGNED_CROP_MAX_RATIO)} px are taken as aligned crops already"
+                     if self.requested == "auto" else "")
+            return (f"model trained on pre-aligned face crops (crop.landmarks = {self.source!r}): faces in photos are"
+                    f" detected with {det} and aligned to the training framing before the {self.crop_name} crop{small}")
+        if self.mode == "landmarks":
+            if self.detector == "none":
+                return "every image is taken as one face; template landmarks stand in for detected ones (--detect none)"
+            return (f"faces are detected with {det}; their landmarks place the {self.crop_name} crop"
+                    + (" (Haar gives a box only: the landmark template is fitted into it, an approximation)" if self.detector == "haar" else ""))
+        return f"the {self.crop_name} cropper finds the face itself (landmarks = {self.source!r}), one per image"
+
+    # -- finding ------------------------------------------------------------------------------------------
+    def find(self, image: np.ndarray, landmarks: np.ndarray | None = None, path: str = "") -> list[Face]:
+        """The faces in ``image`` (largest first); empty when there is none. ``landmarks``: 68 points given by the
+        caller (one face), used instead of a detector."""
+        gray = to_gray(image)
+        h, w = gray.shape
+        if self.mode == "cropper":
+            return [Face(FaceImage(gray, path=path, landmarks=landmarks), "cropper", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))]
+        if landmarks is not None:
+            return [self._from_landmarks(gray, np.asarray(landmarks, np.float32), "given landmarks", path)]
+        if self._whole_image(gray):
+            return [self._whole(gray, path)]
+        if self.detector == "dlib":
+            return [self._from_landmarks(gray, pts, "dlib", path) for pts in _detector("dlib").detect_all(gray)]
+        return [self._from_box(gray, box, path) for box in _detector("haar")(gray)]
+
+    def _whole_image(self, gray: np.ndarray) -> bool:
+        if self.detector == "none":
+            return True
+        # A template model's own kind of input (a 48x48 aligned crop) is used as it is: that is what it trained on,
+        # and re-aligning it to the mean template would only move it away from its training framing.
+        return self.requested == "auto" and self.mode == "aligned_crop" and max(gray.shape) <= ALIGNED_CROP_MAX_RATIO * self.size
+
+    def _whole(self, gray: np.ndarray, path: str) -> Face:
+        from fermetric.components.landmarks import template_landmarks
+
+        h, w = gray.shape
+        lms = template_landmarks(h, w) if self.mode == "landmarks" else None
+        return Face(FaceImage(gray, path=path, landmarks=lms), "whole image", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))
+
+    def _template_frame(self, pts: np.ndarray) -> np.ndarray:
+        """2x3 similarity from image pixels onto a ``size`` x ``size`` aligned crop (template framing)."""
+        from fermetric.components.landmarks import template_landmarks
+
+        target = template_landmarks(self.size, self.size)
+        return similarity(pts[STABLE_POINTS], target[STABLE_POINTS])
+
+    def _from_landmarks(self, gray: np.ndarray, pts: np.ndarray, method: str, path: str) -> Face:
+        to_crop = self._template_frame(pts)
+        to_original = _invert(to_crop)
+        s = self.size
+        if self.mode == "landmarks":
+            # The cropper works on the original image with these landmarks; the frame is only drawn.
+            quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
+            return Face(FaceImage(gray, path=path, landmarks=pts), method, _box_of(quad), quad)
+        if self.crop_name == "full_face" and self.margin:
+            # full_face on a haar model crops the box plus its margin: frame that much more face.
+            grow = np.array([[1 / (1 + 2 * self.margin), 0, 0], [0, 1 / (1 + 2 * self.margin), 0]])
+            grow[:, 2] = (s / 2 - 0.5) * (1 - grow[0, 0])
+            to_crop = (np.vstack([grow, [0, 0, 1]]) @ np.vstack([to_crop, [0, 0, 1]]))[:2]
+            to_original = _invert(to_crop)
+        crop = warp(gray, to_crop, s, s, border=cv2.BORDER_REPLICATE)
+        quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
+        return Face(FaceImage(crop, path=path), method, _box_of(quad), quad, to_original)
+
+    def _from_box(self, gray: np.ndarray, box: tuple[float, float, float, float], path: str) -> Face:
+        from fermetric.components.landmarks import template_landmarks
+
+        x0, y0, x1, y1 = box
+        if self.mode == "landmarks":
+            tpl = template_landmarks(1, 1) + 0.5  # [0, 1] box coordinates
+            pts = (np.array([x0, y0]) + tpl * np.array([x1 - x0, y1 - y0]) - 0.5).astype(np.float32)
+            quad = _quad_of_box(*box)
+            return Face(FaceImage(gray, path=path, landmarks=pts), "haar", box, quad)
+        if self.crop_name == "full_face" and self.margin:
+            dx, dy = self.margin * (x1 - x0), self.margin * (y1 - y0)
+            x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
+        s = self.size
+        # Box edges onto the crop's outer pixel edges (pixel-centre convention: edge -0.5 .. s - 0.5).
+        sx, sy = s / (x1 - x0), s / (y1 - y0)
+        to_crop = np.array([[sx, 0, -0.5 - sx * (x0 - 0.5)], [0, sy, -0.5 - sy * (y0 - 0.5)]])
+        to_original = _invert(to_crop)
+        crop = warp(gray, to_crop, s, s, border=cv2.BORDER_REPLICATE)
+        quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
+        return Face(FaceImage(crop, path=path), "haar", _box_of(quad), quad, to_original)
+
+
+def _warp_points(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return np.asarray(pts, np.float64) @ affine[:, :2].T + affine[:, 2]
