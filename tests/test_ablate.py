@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -319,4 +320,7 @@ def test_real_2x2_grid_interrupted_and_resumed(recipe_file, tmp_path):
     dropped = tomllib.loads(AblationFolder(out).cell(cells[2].id).recipe_file.read_text())
     assert [t["name"] for t in dropped["loss"]] == ["cross_entropy"]
     md = AblationFolder(out).results_md.read_text()
-    assert md.count(" ± ") >= 4 and ("p=" in md or "n/a" in md)
+    table = [line for line in md.splitlines() if line.startswith("| `")]
+    assert len(table) == 4 and all(line.count(" ± ") == 3 for line in table), "mean ± std of accuracy, macro-F1, intra/inter (k-NN is off)"
+    wilcoxon = [line.rstrip(" |").rsplit("| ", 1)[-1] for line in table]
+    assert wilcoxon[0] == "—" and all(re.fullmatch(r"p=\S+ \(n=2.*\)|n/a \(n=2.*\)", w) for w in wilcoxon[1:]), wilcoxon

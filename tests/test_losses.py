@@ -41,13 +41,12 @@ def _registered_losses() -> dict:
 REGISTERED = _registered_losses()
 
 
-def _build(factory):
-    """As the engine does (fermetric.build.build): num_classes/embedding_size filled in when the factory asks."""
-    from fermetric.plugins import factory_params
+def _build(name):
+    """Built as the engine builds it (fermetric.build.build): num_classes/embedding_size filled in on request."""
+    from fermetric.build import build
+    from fermetric.plugins import get_host
 
-    params, accepts_any = factory_params(factory)
-    model_info = {"num_classes": NUM_CLASSES, "embedding_size": EMBEDDING_SIZE}
-    return factory(**{k: v for k, v in model_info.items() if k in params or accepts_any})
+    return build(get_host(), "loss", {"name": name}, num_classes=NUM_CLASSES, embedding_size=EMBEDDING_SIZE)[0]
 
 
 def _batch(seed=0, batch_size=28, width=EMBEDDING_SIZE):
@@ -66,7 +65,7 @@ def test_registered_names():
 @pytest.mark.parametrize("name", sorted(REGISTERED))
 def test_forward_backward_gives_finite_scalar(name):
     torch.manual_seed(0)
-    loss = _build(REGISTERED[name])
+    loss = _build(name)
     uses_logits = getattr(loss, "uses_logits", False)
     x, y = _batch(width=NUM_CLASSES if uses_logits else EMBEDDING_SIZE)
     value = loss(x, y)
@@ -130,7 +129,7 @@ def test_emlf_training_separates_expressions(variant, distance):
 @pytest.mark.parametrize("name", ["emlf", "contrastive", "triplet"])
 def test_engine_style_call_with_a_miner(name):
     x, y = _batch()
-    loss = _build(REGISTERED[name])
+    loss = _build(name)
     value = loss(x, y, indices_tuple=make_miner("batch_hard")(x, y))
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()
@@ -238,7 +237,7 @@ def test_emlf_reads_its_distance_kind_from_the_object(name):
 @pytest.mark.parametrize("name", ["emlf", "center", "island"])
 def test_our_metric_losses_compute_in_float32_under_amp(name):
     x, y = _batch()
-    loss = _build(REGISTERED[name])
+    loss = _build(name)
     expected = loss(x, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = loss(x.bfloat16(), y)

@@ -22,6 +22,7 @@ def _dataset(samples, classes=("happy", "sad")):
 
 
 def test_blank_image_follows_on_no_face_policy(tmp_path):
+    pytest.importorskip("dlib", reason="dlib-bin is an optional extra (fermetric[dlib])")
     blank = Sample(key="blank", label="happy", image=np.full((64, 64), 128, np.uint8))
     from fermetric.components import synthetic
 
