@@ -31,7 +31,8 @@ from .runfolder import RunFolder, Status, write_json
 from .training.augment import Augment
 from .training.callbacks import Checkpointer, default_callbacks
 from .training.loop import TrainLoop, seed_everything
-from .training.optim import OptimizerStep, amp_dtype, make_optimizer, make_scheduler
+from .training.optim import OptimizerStep, amp_dtype, make_optimizer, make_scheduler, model_groups
+from .training.transfer import check_compatible, load_parts, load_source, record
 
 
 def pick_device(name: str) -> torch.device:
@@ -60,6 +61,7 @@ class Runner:
         self.train_cfg = recipe["train"]
         self.seed = int(self.train_cfg["seed"])
         self.device = pick_device(self.train_cfg["device"])
+        self.init_source = None  # (checkpoint, state, sha256, parts) of model.init_from
 
     def log(self, text: str) -> None:
         console.print(text)
@@ -87,6 +89,13 @@ class Runner:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         dataset, _ = build(self.host, "dataset", self.recipe["data"], where="data")
         cropper, crop_component = build(self.host, "cropper", self.recipe["crop"], where="crop")
+        if self.recipe["model"]["init_from"]:
+            # Before any data work: a source that does not fit must not wait for 30,000 crops.
+            ckpt, state, sha = load_source(self.recipe["model"]["init_from"])
+            parts = self.recipe["model"]["init_parts"]
+            check_compatible(state["meta"], self.recipe, tuple(cropper.output_size),
+                             int(self.recipe["backbone"].get("in_chans", 1)), parts)
+            self.init_source = (ckpt, state, sha, parts)
         prepared = prepare(
             dataset, cropper, self.recipe["crop"], Path(self.train_cfg["cache_dir"]),
             cropper_version=crop_component.version, description=f"cropping {dataset.name}",
@@ -112,6 +121,9 @@ class Runner:
             "folds": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in all_folds],
             "status": Status.RUNNING,
         }
+        if self.init_source is not None:
+            ckpt, state, sha, parts = self.init_source
+            run_info["init_from"] = record(ckpt, state, sha, parts)
         write_json(run_info, self.folder.run_file)
         self._summarise_data(prepared)
         per_fold = []
@@ -179,8 +191,11 @@ class Runner:
         objective, _ = build_objective(self.host, self.recipe, len(prepared.classes), model.embedding_dim)
         objective.to(self.device)
         dtype = amp_dtype(self.device, bool(cfg["amp"]))
-        optimizer = make_optimizer([{"params": list(model.parameters()), "lr": float(cfg["lr"]), "name": "model"},
-                                    *objective.parameter_groups(float(cfg["lr"]))], cfg)
+        if self.init_source is not None:
+            ckpt, state, _, parts = self.init_source
+            loaded = load_parts(model, state, parts)
+            self.log(f"initialised {len(loaded)} tensors ({parts}) from {ckpt}; new classifier for {len(prepared.classes)} classes")
+        optimizer = make_optimizer([*model_groups(model, cfg), *objective.parameter_groups(float(cfg["lr"]))], cfg)
         step = OptimizerStep(optimizer, make_scheduler(optimizer, cfg), dtype, float(cfg["grad_clip"]), model.parameters())
         train_labels = prepared.labels[fold.train]
         sampler = build_sampler(self.host, self.recipe, train_labels.tolist(), fold_seed)

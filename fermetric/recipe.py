@@ -43,6 +43,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "model": {
         "embedding_dim": ((int,), 128),
         "dropout": ((int, float), 0.0),
+        "init_from": ((str,), ""),
+        "init_parts": ((str,), "backbone+embedding"),
     },
     "train": {
         "epochs": ((int,), 10),
@@ -63,6 +65,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "augment": ((dict,), {"flip": True, "shift": 0.1, "rotate": 10.0, "scale": 0.1}),
         "cache_dir": ((str,), ".fermetric-cache"),
         "grad_clip": ((int, float), 0.0),
+        "backbone_lr_mult": ((int, float), 1.0),
+        "freeze_backbone_epochs": ((int,), 0),
     },
     "eval": {
         "protocol": ((str,), "holdout"),
@@ -87,6 +91,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
 
 CHOICES = {
     ("train", "optimizer"): ("adamw", "adam", "sgd"),
+    ("model", "init_parts"): ("backbone", "backbone+embedding"),
     ("train", "scheduler"): ("cosine", "step", "none"),
     ("train", "select"): ("best", "last"),
     ("eval", "protocol"): ("holdout", "split", "kfold"),

@@ -34,9 +34,32 @@ def lr_factor(name: str, epoch: int, epochs: int, warmup: int) -> float:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch schedule (``train.scheduler``, ``train.warmup_epochs``)."""
+    """A per-epoch schedule (``train.scheduler``, ``train.warmup_epochs``); a group named ``backbone`` is held at
+    lr 0 for the first ``train.freeze_backbone_epochs`` epochs (fine-tuning: the new head settles first)."""
     name, epochs, warmup = cfg["scheduler"], int(cfg["epochs"]), int(cfg["warmup_epochs"])
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(name, epoch, epochs, warmup))
+    frozen = int(cfg.get("freeze_backbone_epochs", 0))
+
+    def factor(epoch: int) -> float:
+        return lr_factor(name, epoch, epochs, warmup)
+
+    def backbone_factor(epoch: int) -> float:
+        return 0.0 if epoch < frozen else lr_factor(name, epoch, epochs, warmup)
+
+    lambdas = [backbone_factor if g.get("name") == "backbone" else factor for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def model_groups(model: torch.nn.Module, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The network's parameter groups: one, or the backbone apart (``train.backbone_lr_mult``,
+    ``train.freeze_backbone_epochs``) for fine-tuning."""
+    lr = float(cfg["lr"])
+    mult, frozen = float(cfg.get("backbone_lr_mult", 1.0)), int(cfg.get("freeze_backbone_epochs", 0))
+    if mult == 1.0 and not frozen:
+        return [{"params": list(model.parameters()), "lr": lr, "name": "model"}]
+    backbone = list(model.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    head = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": backbone, "lr": lr * mult, "name": "backbone"}, {"params": head, "lr": lr, "name": "head"}]
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

@@ -1,0 +1,101 @@
+"""Initialising a model from a previous fermetric run (``model.init_from``): transfer and fine-tuning.
+
+The source is a run folder (its selected checkpoint, ``best.pt``, else ``last.pt``), a fold's folder of a k-fold run,
+or a checkpoint file. What is loaded is ``model.init_parts``: the backbone, or the backbone and the embedding layer.
+The classifier always starts afresh for the new run's classes: a FER2013 head (with neutral, without contempt)
+has nothing to say about CK+48's classes (contempt, no neutral), and reusing rows by class name would tie the new
+head to the old label set. Everything that must match (backbone architecture, input size, channels, embedding size
+when the embedding is loaded) is checked before any data work, with one message naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fermetric.errors import FermetricError, RecipeError
+from fermetric.model import FERModel
+from fermetric.runfolder import RunFolder
+
+PARTS = ("backbone", "backbone+embedding")
+# Backbone keys that say where weights came from, not what the network is.
+PROVENANCE_KEYS = {"weights_file", "pretrained"}
+
+
+def source_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file ``model.init_from`` points at."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise RecipeError(f"model.init_from: {path} is neither a run folder nor a checkpoint file")
+    folder = RunFolder(path)
+    for candidate in (folder.best_checkpoint, folder.last_checkpoint):
+        if candidate.is_file():
+            return candidate
+    folds = folder.folds()
+    if folds:
+        raise RecipeError(
+            f"model.init_from: {path} is a k-fold run; name one fold's folder ({folds[0].root} ... {folds[-1].root})"
+        )
+    raise RecipeError(f"model.init_from: {path} holds no checkpoint (is the run finished?)")
+
+
+def load_source(path: str | Path) -> tuple[Path, dict[str, Any], str]:
+    """(checkpoint path, checkpoint, sha256 of the file), loaded with ``weights_only=True``."""
+    ckpt = source_checkpoint(path)
+    data = ckpt.read_bytes()
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a fermetric checkpoint"
+        raise RecipeError(f"model.init_from: {ckpt} is not a readable fermetric checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise RecipeError(f"model.init_from: {ckpt} is not a fermetric checkpoint (no model weights and metadata)")
+    return ckpt, state, hashlib.sha256(data).hexdigest()
+
+
+def architecture(backbone: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in backbone.items() if k not in PROVENANCE_KEYS}
+
+
+def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: tuple[int, int], in_chans: int, parts: str) -> None:
+    """Raise a RecipeError naming every difference that would make the source's weights not fit."""
+    problems = []
+    theirs, ours = architecture(meta.get("backbone", {})), architecture(recipe["backbone"])
+    if theirs.get("name") != ours.get("name"):
+        problems.append(f"backbone {ours.get('name')!r} here, {theirs.get('name')!r} in the source")
+    else:
+        keys = sorted(set(theirs) | set(ours))
+        diff = [f"backbone.{k} = {ours.get(k)!r} here, {theirs.get(k)!r} in the source" for k in keys
+                if k != "in_chans" and theirs.get(k) != ours.get(k)]
+        problems += diff
+    if list(meta.get("input_size", [])) != list(input_size):
+        problems.append(f"input size {list(input_size)} here (the cropper's output), {meta.get('input_size')} in the source")
+    if int(meta.get("in_chans", 1)) != int(in_chans):
+        problems.append(f"{in_chans} input channel(s) here, {meta.get('in_chans', 1)} in the source")
+    if parts == "backbone+embedding" and int(meta.get("embedding_dim", -1)) != int(recipe["model"]["embedding_dim"]):
+        problems.append(f"model.embedding_dim = {recipe['model']['embedding_dim']} here, {meta.get('embedding_dim')} in the"
+                        " source (or set model.init_parts = \"backbone\")")
+    if problems:
+        raise RecipeError("model.init_from: the source model does not fit this recipe: " + "; ".join(problems))
+
+
+def load_parts(model: FERModel, state: dict[str, Any], parts: str) -> list[str]:
+    """Copy the chosen parts of the source's weights into ``model``; returns the parameter names loaded."""
+    prefixes = ("backbone.",) if parts == "backbone" else ("backbone.", "embedding.")
+    chosen = {k: v for k, v in state["model"].items() if k.startswith(prefixes)}
+    missing, unexpected = model.load_state_dict(chosen, strict=False)
+    missing = [k for k in missing if k.startswith(prefixes)]
+    if missing or unexpected:
+        raise FermetricError(f"model.init_from: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return sorted(chosen)
+
+
+def record(ckpt: Path, state: dict[str, Any], sha256: str, parts: str) -> dict[str, Any]:
+    """What run.json says about the source."""
+    meta = state["meta"]
+    return {"path": str(ckpt.resolve()), "sha256": sha256, "parts": parts, "classes": meta.get("classes"),
+            "epoch": state.get("epoch"), "fermetric": meta.get("fermetric"), "synthetic_data": meta.get("synthetic_data")}

@@ -1,0 +1,92 @@
+"""``model.init_from``: a new run starts from a previous run's network, with a new classifier; every mismatch is a
+clear error before any data work; fine-tuning options (frozen backbone, lower backbone lr)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fermetric import engine
+from fermetric.cli import cli
+from fermetric.runfolder import RunFolder
+
+QUICKSTART = "recipes/quickstart.toml"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, request):
+    tmp = tmp_path_factory.mktemp("source")
+    from tests.conftest import TINY
+
+    overrides = TINY + [f'train.cache_dir="{tmp / "cache"}"']
+    _, out = engine.run_recipe(QUICKSTART, str(tmp / "run"), overrides)
+    return RunFolder(out)
+
+
+def _weights(folder: RunFolder, which: str = "best"):
+    path = folder.best_checkpoint if which == "best" else folder.last_checkpoint
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_init_from_loads_backbone_and_embedding_and_records_the_source(source, tmp_path, tiny_overrides):
+    # lr 0 and no weight decay: training leaves every loaded tensor as the source had it
+    overrides = tiny_overrides + [f'model.init_from="{source.root}"', "train.lr=0.0", "train.weight_decay=0.0", "train.epochs=1"]
+    _, out = engine.run_recipe(QUICKSTART, str(tmp_path / "target"), overrides)
+    target, before = RunFolder(out), _weights(source)
+    after = _weights(target, "last")
+    loaded = [k for k in before if k.startswith(("backbone.", "embedding.")) and "running" not in k and "num_batches" not in k]
+    assert loaded and all(torch.equal(before[k], after[k]) for k in loaded)
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"]), "the classifier starts afresh"
+    record = target.run_info()["init_from"]
+    assert record["path"] == str(source.best_checkpoint.resolve()) and record["parts"] == "backbone+embedding"
+    assert len(record["sha256"]) == 64 and record["classes"] == source.run_info()["data"]["classes"]
+
+
+def test_backbone_only_and_a_frozen_backbone(source, tmp_path, tiny_overrides):
+    overrides = tiny_overrides + [f'model.init_from="{source.root}"', 'model.init_parts="backbone"', "train.epochs=1",
+                                  "train.freeze_backbone_epochs=1", "train.weight_decay=0.0"]
+    _, out = engine.run_recipe(QUICKSTART, str(tmp_path / "frozen"), overrides)
+    before, after = _weights(source), _weights(RunFolder(out), "last")
+    conv = [k for k in before if k.startswith("backbone.") and k.endswith("weight")]
+    assert all(torch.equal(before[k], after[k]) for k in conv), "lr 0 for the backbone during the frozen epoch"
+    assert not torch.equal(before["embedding.1.weight"], after["embedding.1.weight"]), "backbone only: embedding is new"
+    state = torch.load(RunFolder(out).last_checkpoint, weights_only=True)
+    assert [g["name"] for g in state["optimizer"]["param_groups"]] == ["backbone", "head"]
+
+
+def test_backbone_lr_multiplier_makes_its_own_group(tmp_path, tiny_overrides):
+    _, out = engine.run_recipe(QUICKSTART, str(tmp_path / "mult"), tiny_overrides + ["train.epochs=1", "train.backbone_lr_mult=0.1",
+                                                                                      'train.scheduler="none"', "train.lr=0.01"])
+    groups = torch.load(RunFolder(out).last_checkpoint, weights_only=True)["optimizer"]["param_groups"]
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["backbone"] == pytest.approx(0.001) and lrs["head"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("backbone.width=8", "backbone.width = 8 here, 16 in the source"),
+    ('backbone.name="mobilenet_v2"', "backbone 'mobilenet_v2' here, 'fer_cnn' in the source"),
+    ("crop.size=32", "input size [32, 32] here"),
+    ("backbone.in_chans=3", "3 input channel(s) here, 1 in the source"),
+    ("model.embedding_dim=32", "model.embedding_dim = 32 here, 64 in the source"),
+])
+def test_mismatches_are_errors_before_any_data_work(source, tmp_path, override, message):
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(cli, ["run", QUICKSTART, "--out", str(tmp_path / "bad"), "--set", f'model.init_from="{source.root}"',
+                                      "--set", override, "--set", f'train.cache_dir="{cache}"'])
+    assert result.exit_code == 2, result.output
+    assert "model.init_from: the source model does not fit this recipe" in result.output and message in result.output
+    assert "Traceback" not in result.output
+    assert not cache.exists(), "nothing was cropped"
+
+
+def test_bad_sources_are_named(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "kfold" / "fold_00").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for source, message in [(tmp_path / "nowhere", "neither a run folder nor a checkpoint file"),
+                            (tmp_path / "junk.pt", "is not a readable fermetric checkpoint"),
+                            (tmp_path / "kfold", "is a k-fold run; name one fold's folder"),
+                            (tmp_path / "empty", "holds no checkpoint")]:
+        result = CliRunner().invoke(cli, ["run", QUICKSTART, "--out", str(tmp_path / "x"), "--set", f'model.init_from="{source}"'])
+        assert result.exit_code == 2 and message in result.output, result.output
