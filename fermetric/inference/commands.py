@@ -14,13 +14,35 @@ from pathlib import Path
 
 import click
 
-from fermetric.cli import handle_errors
 from fermetric.errors import FermetricError, RecipeError
 
 MODEL_HELP = "A run folder (fermetric run --out) or a checkpoint file."
 DETECT_HELP = ("Face detector for pictures: auto (dlib if installed, else Haar; a template model reads small aligned crops"
                " as they are), dlib, haar, or none (each picture is one face framed like the training data).")
 INPUTS_HELP = "INPUTS: image files, folders (searched recursively), glob patterns ('faces/*.png') and video files."
+
+
+def handle_errors(fn):
+    """A FermetricError ends the command with its message and exit code, no traceback unless ``fermetric --debug``.
+
+    The same contract as ``fermetric.cli.handle_errors``, restated here because the architecture keeps applications
+    (this package) below the command line layer: they may not import ``fermetric.cli``.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except FermetricError as exc:
+            root = ctx.find_root().obj
+            if root is not None and getattr(root, "debug", False):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 1))
+
+    return wrapper
 
 
 def model_options(fn):
@@ -109,7 +131,7 @@ def _check_out_suffix(out: str | None, allowed: tuple[str, ...], option: str) ->
 @click.command()
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="results.csv or results.json (default: CSV on standard output).")
+@click.option("--out", type=click.Path(dir_okay=False), help="A .csv or .json file for the results (default: CSV on standard output).")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write each picture with its faces' boxes, labels and top probabilities here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Faces per forward pass.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Videos: keep every Nth frame.")
