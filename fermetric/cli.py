@@ -209,11 +209,16 @@ def recipes(copy: tuple[str, str] | None, force: bool) -> None:
     intro = (f"{len(names)} packaged recipes: use one as fermetric:NAME (`fermetric run fermetric:quickstart.toml`,"
              f" `extends = \"fermetric:pidml/base.toml\"`), or copy it to edit with `fermetric recipes --copy NAME DEST`.")
     click.echo("\n".join(textwrap.wrap(intro, width)))
+    beside = width - pad - 2 >= 50  # else each description goes on indented lines below its name
     for name in names:
-        lines = textwrap.wrap(packaged_description(name), max(20, width - pad - 2)) or [""]
-        click.echo(f"  {name:<{pad}}{lines[0]}")
-        for line in lines[1:]:
-            click.echo(" " * (pad + 2) + line)
+        text = packaged_description(name)
+        if beside:
+            lines = textwrap.wrap(text, width - pad - 2) or [""]
+            click.echo(f"  {name:<{pad}}{lines[0]}")
+            click.echo("".join(f"{' ' * (pad + 2)}{line}\n" for line in lines[1:]), nl=False)
+        else:
+            click.echo(f"  {name}")
+            click.echo(textwrap.fill(text, width, initial_indent="      ", subsequent_indent="      "))
 
 
 @cli.command()
