@@ -10,7 +10,8 @@ when an ablation ends) and, for the runs still going or cut short, the per-fold 
 rows are made from, so a partial ablation gives a partial report with the missing folds marked. Tables 3-7 come
 from the ablations listed in ``EXTRA_TABLES`` (their own results.md and results.csv, once finished), FER2013 from
 the finished runs of ``FER_RUNS`` under ``--fer``. Statistics come from
-``fermetric.ablate`` (``_mean_std``, ``paired_wilcoxon``), the same code as the ablations' own results.md.
+``fermetric.ablation.stats`` (``mean_std``, ``paired_wilcoxon``, ``format_p``), the same code and the same p-value
+format as the ablations' own results.md.
 Numbers only: the report never shows an image.
 """
 
@@ -31,7 +32,8 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fermetric.ablate import _mean_std, _number, paired_wilcoxon  # noqa: E402
+from fermetric.ablation.stats import mean_std as _mean_std, number as _number, paired_wilcoxon  # noqa: E402
+from fermetric.runfolder import AblationFolder, RunFolder  # noqa: E402
 
 FOLDS = 10
 GOAL = 0.985
@@ -64,12 +66,7 @@ def _time(text: str | None) -> datetime | None:
 
 
 def _to_float(value) -> float:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return math.nan
-    return _number(value)
+    return _number(value)  # fermetric.ablation.stats.number reads numeric strings too
 
 
 def _fold_row(m: dict, seed: int) -> dict:
@@ -103,49 +100,50 @@ def load_cells(out: Path) -> dict[str, dict]:
     """Everything the report needs about each of the six cells, finished or not."""
     found: dict[str, dict] = {}
     for sub in ("grid", "losses"):
-        folder = out / sub
-        info = _json(folder / "ablation.json")
+        folder = AblationFolder(out / sub)
+        info = folder.info()
         if info is None:
             continue
         csv_rows: dict[tuple[str, int, int], dict] = {}
-        if (folder / "results.csv").is_file():
-            with (folder / "results.csv").open() as f:
+        if folder.results_csv.is_file():
+            with folder.results_csv.open() as f:
                 for r in csv.DictReader(f):
-                    csv_rows[(r["cell"], int(r["seed"]), int(r["fold"]))] = r | {"source": "results.csv"}
+                    csv_rows[(r["cell"], int(r["seed"]), int(r["fold"]))] = r | {"source": "csv"}
         for cell_info in info["cells"]:
-            cell_dir = folder / cell_info["folder"]
-            values = (_json(cell_dir / "cell.json") or {}).get("values", {})
+            cell_folder = folder.cell(cell_info["id"])
+            cell_dir = cell_folder.root
+            values = (_json(cell_folder.cell_file) or {}).get("values", {})
             key = next((k for k, where, _, _, match in CELLS if where == sub and match(values)), None)
             if key is None:
                 continue
             try:
-                resolved = tomllib.loads((cell_dir / "recipe.toml").read_text())
+                resolved = tomllib.loads(cell_folder.recipe_file.read_text())
             except (OSError, tomllib.TOMLDecodeError):
                 resolved = {}
             cell = {"id": cell_info["id"], "folder": cell_dir, "ablation": sub, "rows": [], "folds": {}, "runs": [], "recipe": resolved,
-                    "error": (cell_dir / "error.txt").read_text() if (cell_dir / "error.txt").is_file() else ""}
+                    "error": cell_folder.error_file.read_text() if cell_folder.error_file.is_file() else ""}
             for seed in range(int(info.get("seeds", 1))):
-                seed_dir = cell_dir / f"seed_{seed}"
-                run = _json(seed_dir / "run.json")
+                seed_run = cell_folder.seed(seed)
+                run = seed_run.run_info()
                 if run is None:
                     continue
                 cell["runs"].append(run)
                 for fold in range(FOLDS):
-                    fold_dir = seed_dir / f"fold_{fold:02d}"
-                    metrics = _json(fold_dir / "metrics.json")
+                    fold_run = seed_run.fold(fold)
+                    metrics = fold_run.metrics()
                     if metrics is None:
                         continue
                     row = csv_rows.get((cell["id"], seed, fold)) or _fold_row(metrics, seed)
                     row = {k: (v if k in ("source", "cell") else _to_float(v)) for k, v in row.items()}
                     row["seed"], row["fold"] = seed, fold
-                    cm = (_json(fold_dir / "confusion_matrix.json") or {}).get("matrix") or metrics.get("confusion_matrix", {}).get("matrix")
-                    hist = _history(fold_dir / "history.csv")
+                    cm = (_json(fold_run.confusion_json) or {}).get("matrix") or metrics.get("confusion_matrix", {}).get("matrix")
+                    hist = _history(fold_run.history_file)
                     cell["rows"].append(row)
                     cell["folds"][(seed, fold)] = {
                         "n_test": int(metrics.get("n_test", 0)), "n_train": metrics.get("n_train"), "n_val": metrics.get("n_val"),
                         "support": [sum(r) for r in cm] if cm else None, "selected": metrics.get("selected_checkpoint", ""),
                         "train_seconds": hist["seconds"], "epochs": hist["epochs"], "nonfinite": hist["nonfinite"], "last": hist["last"],
-                        "finished_at": datetime.fromtimestamp((fold_dir / "metrics.json").stat().st_mtime, timezone.utc),
+                        "finished_at": datetime.fromtimestamp(fold_run.metrics_file.stat().st_mtime, timezone.utc),
                     }
             found[key] = cell
     return found
@@ -240,8 +238,7 @@ def compare(cell: dict | None, ref: dict | None) -> tuple[str, str, dict]:
     if delta is None:
         return "—", "n/a (no shared folds)", {}
     test = paired_wilcoxon(a, b)
-    text = f"p = {test['p']:.3g} (n = {test['n']}" + (f", {test['n'] - test['n_nonzero']} zero difference{'s' if test['n'] - test['n_nonzero'] > 1 else ''}" if test["n_nonzero"] < test["n"] else "") + ")" \
-        if test["p"] is not None else test["note"]
+    text = test["note"]  # fermetric.ablation.stats.format_p: one p-value format everywhere
     return f"{100 * delta:+.2f}", text, test | {"delta": delta}
 
 
@@ -373,7 +370,7 @@ def report(out: Path, note: str = "", fer: Path | None = None) -> str:
         " intra-class to the mean inter-class distance of the L2-normalised test embeddings (smaller = better"
         " separated). Per-fold rows: " + sources_text(cells) + " Δ is the mean over the shared folds of the per-fold accuracy difference, in percentage points."
         " Wilcoxon: two-sided signed-rank test of the per-fold accuracies paired by fold"
-        " (`fermetric.ablate.paired_wilcoxon`, scipy's `wilcoxon`; zero differences dropped). With 5 or fewer"
+        " (`fermetric.ablation.stats.paired_wilcoxon`, scipy's `wilcoxon`; zero differences dropped). With 5 or fewer"
         " non-zero differences no p-value can be below 0.05; with 10 folds of about 98 test images, one image is"
         " about 1 point of a fold's accuracy.")
     add("")
@@ -506,7 +503,7 @@ def recipe_table(c: dict) -> list[str]:
     """The essentials of the resolved recipes (cells' recipe.toml), as a table."""
     import inspect
 
-    from fermetric.losses.emlf import DEFAULT_NEG_MARGIN, EMLF
+    from fermetric.components.losses.emlf import DEFAULT_NEG_MARGIN, EMLF
 
     au = (c.get("au_emlf") or {}).get("recipe") or {}
     ff = (c.get("ff_ce") or {}).get("recipe") or {}
@@ -748,8 +745,8 @@ def reading(c: dict, label: dict) -> list[str]:
 
 
 def sources_text(cells: dict) -> str:
-    n_csv = sum(r.get("source") == "results.csv" for x in cells.values() for r in x["rows"])
-    n_fold = sum(r.get("source") != "results.csv" for x in cells.values() for r in x["rows"])
+    n_csv = sum(r.get("source") == "csv" for x in cells.values() for r in x["rows"])
+    n_fold = sum(r.get("source") != "csv" for x in cells.values() for r in x["rows"])
     parts = []
     if n_csv:
         parts.append(f"{n_csv} from the ablations' `results.csv`")
@@ -795,10 +792,10 @@ def recompute_folds(cells: dict) -> str:
     import numpy as np
 
     from fermetric import recipe as recipe_mod
-    from fermetric.engine import build
-    from fermetric.pipeline import prepare
+    from fermetric.build import build
+    from fermetric.data.pipeline import prepare
     from fermetric.plugins import get_host
-    from fermetric.protocols import groups_of, make_folds
+    from fermetric.data.protocols import groups_of, make_folds
 
     try:
         host, splits, crops = get_host(), {}, {}
@@ -810,8 +807,8 @@ def recompute_folds(cells: dict) -> str:
             return ""
         with tempfile.TemporaryDirectory() as cache:
             for name, r in crops.items():
-                dataset, _ = build(host, "dataset", r["data"], recipe_mod.ENGINE_KEYS["data"])
-                cropper, comp = build(host, "cropper", r["crop"], recipe_mod.ENGINE_KEYS["crop"])
+                dataset, _ = build(host, "dataset", r["data"], where="data")
+                cropper, comp = build(host, "cropper", r["crop"], where="crop")
                 prepared = prepare(dataset, cropper, r["crop"], Path(cache), cropper_version=comp.version, description=f"fold check ({name})")
                 folds = make_folds(prepared, r["eval"], float(r["train"]["val_fraction"]), int(r["train"]["seed"]))
                 g = groups_of(prepared, r["eval"]["group_by"])
@@ -860,7 +857,7 @@ def anomalies(cells: dict, c: dict, label: dict) -> list[str]:
 def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject: str, goal: float | None = None) -> list[str]:
     """An extra ablation of the reproduction (the EMLF sweep, the larger budget): its own summary table, and
     whether its best cell beats its baseline cell (cross-entropy alone) on the paired folds."""
-    md = out / folder / "results.md"
+    md = AblationFolder(out / folder).results_md
     if not md.is_file():
         return []
     lines = md.read_text().splitlines()
@@ -890,9 +887,10 @@ def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject:
             ]
     walls = []
     names = ablation_labels(out, folder)
-    for cell in (_json(out / folder / "ablation.json") or {}).get("cells", []):
-        seconds = [w for run in sorted((out / folder / cell["folder"]).glob("seed_*/run.json"))
-                   for info in [_json(run) or {}] if info.get("status") == "finished"
+    ablation = AblationFolder(out / folder)
+    for cell in (ablation.info() or {}).get("cells", []):
+        info_of = [ablation.cell(cell["id"]).seed(s).run_info() or {} for s in range((ablation.info() or {}).get("seeds", 1))]
+        seconds = [w for info in info_of if info.get("status") == "finished"
                    for start, end in [(_time(info.get("started")), _time(info.get("finished")))] if start and end
                    for w in [(end - start).total_seconds()]]
         if seconds:
@@ -904,12 +902,12 @@ def embedded_ablation(out: Path, folder: str, heading: str, intro: str, subject:
 
 def ablation_baseline(out: Path, folder: str) -> str | None:
     """The id of the ablation's baseline cell (cross-entropy alone in Tables 3-7), from its ablation.json."""
-    return (_json(out / folder / "ablation.json") or {}).get("baseline")
+    return (AblationFolder(out / folder).info() or {}).get("baseline")
 
 
 def ablation_accuracies(out: Path, folder: str) -> dict[str, dict[tuple[int, int], float]]:
     """Test accuracy per (seed, fold) of each cell with results in an ablation's results.csv."""
-    csv_path = out / folder / "results.csv"
+    csv_path = AblationFolder(out / folder).results_csv
     if not csv_path.is_file():
         return {}
     with csv_path.open(newline="") as f:
@@ -934,7 +932,7 @@ def _loss_label(values: dict[str, str]) -> str:
 
 
 def ablation_labels(out: Path, folder: str) -> dict[str, str]:
-    csv_path = out / folder / "results.csv"
+    csv_path = AblationFolder(out / folder).results_csv
     if not csv_path.is_file():
         return {}
     with csv_path.open(newline="") as f:
@@ -1111,7 +1109,7 @@ def extra_sections(out: Path) -> list[str]:
 
 
 def _reproduces_grid_ce(out: Path, accuracies: dict[tuple[int, int], float]) -> bool:
-    grid = out / "grid" / "results.csv"
+    grid = AblationFolder(out / "grid").results_csv
     if not grid.is_file():
         return False
     with grid.open(newline="") as f:
@@ -1129,14 +1127,14 @@ FER_GOAL = 0.735
 
 
 def _fer_run(folder: Path) -> dict | None:
-    metrics, run = _json(folder / "metrics.json"), _json(folder / "run.json")
-    if not metrics or not run or run.get("status") != "finished" or not (folder / "history.csv").is_file():
+    run_folder = RunFolder(folder)
+    metrics, run = run_folder.metrics(), run_folder.run_info()
+    if not metrics or not run or run.get("status") != "finished" or not run_folder.history_file.is_file():
         return None
-    with (folder / "history.csv").open(newline="") as f:
-        hist = list(csv.DictReader(f))
+    hist = run_folder.history()
     started, finished = _time(run.get("started")), _time(run.get("finished"))
     return {
-        "metrics": metrics, "run": run, "hist": hist, "recipe": tomllib.loads((folder / "recipe.toml").read_text()),
+        "metrics": metrics, "run": run, "hist": hist, "recipe": tomllib.loads(run_folder.recipe_file.read_text()),
         "wall": (finished - started).total_seconds() if started and finished else math.nan,
         "train_s": sum(float(r["seconds"]) for r in hist),
     }

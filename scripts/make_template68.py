@@ -1,8 +1,8 @@
-"""Rebuild fermetric/template68.npy: the mean dlib 68-point layout of the CK+48 face crops.
+"""Rebuild fermetric/components/template68.npy: the mean dlib 68-point layout of the CK+48 face crops.
 
-    .venv/bin/python scripts/make_template68.py [--data ../shared/data/ckplus48] [--out fermetric/template68.npy]
+    .venv/bin/python scripts/make_template68.py [--data ../shared/data/ckplus48] [--out fermetric/components/template68.npy]
 
-Every image is padded by 25% (edge replication) and upscaled to 256 px by fermetric.landmarks.DlibLandmarks,
+Every image is padded by 25% (edge replication) and upscaled to 256 px by fermetric.components.landmarks.DlibLandmarks,
 the landmarks are mapped back to the 48x48 pixels and normalized to [0, 1] as ((x + 0.5) / w, (y + 0.5) / h),
 then averaged over the images where dlib found a face. Only the 68x2 mean is written: no image, and nothing
 that identifies a subject, leaves the dataset folder.
@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fermetric.landmarks import TEMPLATE_PATH, DlibLandmarks  # noqa: E402
+from fermetric.components.landmarks import TEMPLATE_PATH, DlibLandmarks  # noqa: E402
 
 
 def main() -> int:

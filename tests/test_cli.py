@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from fermetric.cli import cli
 
 from .conftest import REPO
+from fermetric.runfolder import RunFolder
 
 
 def invoke(*args):
@@ -67,6 +68,6 @@ def test_run_as_subprocess(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "SYNTHETIC" in proc.stderr
-    assert json.loads((out / "metrics.json").read_text())["synthetic_data"] is True
+    assert RunFolder(out).metrics()["synthetic_data"] is True
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "--resume" in again.stderr and "Traceback" not in again.stderr

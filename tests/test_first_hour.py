@@ -21,6 +21,7 @@ from fermetric.cli import cli
 from fermetric.errors import RecipeError
 
 from .conftest import REPO, SHARED_DATA
+from fermetric.runfolder import RunFolder
 
 TINY_RUN = ["--set", "data.subjects=6", "--set", "data.per_class=2", "--set", "train.epochs=1",
             "--set", "train.batch_size=28", "--set", "train.sampler.m=4", "--set", "eval.tsne=false",
@@ -155,7 +156,7 @@ def test_matches_file_for_resume(tmp_path, monkeypatch, host):
     """)
     monkeypatch.chdir(tmp_path)
     recipe = R.validate(R.load(recipe_file), host)
-    saved = tmp_path / "recipe.toml"
+    saved = RunFolder(tmp_path).recipe_file
     saved.write_text(R.dumps(recipe))
     assert R.matches_file(saved, recipe)
     # from another folder the same file resolves to the same absolute paths (the default cache moves: ignored)
@@ -188,7 +189,7 @@ def test_resolved_run_folder_recipe_has_absolute_paths(tmp_path, monkeypatch):
     out = tmp_path / "run"
     result = invoke("run", "proj/r.toml", "--out", str(out), *TINY_RUN)
     assert result.exit_code == 0, result.output
-    saved = tomllib.loads((out / "recipe.toml").read_text())
+    saved = tomllib.loads(RunFolder(out).recipe_file.read_text())
     assert saved["train"]["cache_dir"] == str(tmp_path / "proj" / "cache")
     assert (tmp_path / "proj" / "cache").is_dir()
     # resumed from another folder: the same recipe, nothing to do
@@ -236,9 +237,9 @@ def test_run_a_packaged_recipe_into_runs_of_its_stem(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("run", "fermetric:quickstart.toml", *TINY_RUN, "--set", f'train.cache_dir="{tmp_path / "c"}"')
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "quickstart" / "metrics.json").is_file()
+    assert RunFolder(tmp_path / "runs" / "quickstart").metrics_file.is_file()
     assert "±" not in result.output.splitlines()[-1]          # one holdout split: no std is claimed
-    run_info = json.loads((tmp_path / "runs" / "quickstart" / "run.json").read_text())
+    run_info = RunFolder(tmp_path / "runs" / "quickstart").run_info()
     assert run_info["recipe_file"] == "fermetric:quickstart.toml"
 
 

@@ -182,7 +182,7 @@ def test_bad_model_files_give_one_clear_message(run_dir, tmp_path):
 # -- predict on the command line --------------------------------------------------------------------------------
 
 def test_predict_cli_rows_for_every_file_and_annotations(run_dir, photos, tmp_path):
-    out, ann = tmp_path / "results.csv", tmp_path / "ann"
+    out, ann = tmp_path / "predictions.csv", tmp_path / "ann"
     result = invoke("predict", run_dir, photos, "--out", out, "--annotate", ann, "--batch-size", "3")
     assert result.exit_code == 0, result.output
     rows = {Path(r["source"]).name: r for r in read_csv(out)}

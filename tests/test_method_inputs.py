@@ -15,6 +15,7 @@ from fermetric.errors import FermetricError, RecipeError
 from fermetric.data.pipeline import prepare
 
 from .conftest import shared_data
+from fermetric.runfolder import RunFolder
 
 
 def _dataset(samples, classes=("happy", "sad")):
@@ -96,12 +97,12 @@ def test_ckplus48_pidml_recipe_end_to_end(tmp_path):
          f'train.cache_dir="{tmp_path / "cache"}"', "eval.tsne_max_points=300"],
         fold=0,
     )
-    fold = out / "fold_00"
-    assert (fold / "embeddings_tsne.png").is_file() and (fold / "confusion_matrix.png").is_file()
-    saved = json.loads((fold / "metrics.json").read_text())
+    fold = RunFolder(out).fold(0)
+    assert fold.tsne_png.is_file() and fold.confusion_png.is_file()
+    saved = fold.metrics()
     assert saved["n_test"] > 50 and 0 < saved["embedding"]["intra_inter_ratio"] < 1.5
     assert metrics["accuracy"] > 1 / 7  # three epochs are enough to beat chance on 7 classes
-    run = json.loads((out / "run.json").read_text())
+    run = RunFolder(out).run_info()
     subjects = {s for s in run["data"]["classes"]}
     assert run["synthetic_data"] is False and subjects
 

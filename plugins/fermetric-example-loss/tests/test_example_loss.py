@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from fermetric import hookspecs
 from fermetric.errors import RecipeError
+from fermetric.runfolder import RunFolder
 
 fermetric_example_loss = pytest.importorskip(
     "fermetric_example_loss", reason="fermetric-example-loss is not installed (pip install -e plugins/fermetric-example-loss)"
@@ -149,9 +150,9 @@ def test_recipe_trains_and_records_the_plugin(tmp_path, monkeypatch):
     ]
     metrics, out = run_recipe(str(RECIPE), str(tmp_path / "run"), overrides, host=PluginHost(allow=[DIST]))
     assert 0.0 <= metrics["accuracy"] <= 1.0
-    run = json.loads((out / "run.json").read_text())
+    run = RunFolder(out).run_info()
     assert run["status"] == "finished"
     losses = [c for c in run["components"] if c["kind"] == "loss"]
     assert {"kind": "loss", "name": "focal", "plugin": DIST, "distribution": DIST, "version": version} in losses
-    history = (out / "history.csv").read_text().splitlines()
-    assert "loss_focal" in history[0] and len(history) == 2
+    history = RunFolder(out).history()
+    assert "loss_focal" in history[0] and len(history) == 1

@@ -24,8 +24,8 @@ pytest.importorskip("insightface", reason="insightface is not installed (pip ins
 from insightface.utils.face_align import arcface_dst, estimate_norm  # noqa: E402
 
 from fermetric.errors import FermetricError, NoFace, RecipeError  # noqa: E402
-from fermetric.faces import FaceImage  # noqa: E402
-from fermetric.landmarks import template_landmarks  # noqa: E402
+from fermetric.contracts import FaceImage  # noqa: E402
+from fermetric.components.landmarks import template_landmarks  # noqa: E402
 from fermetric_insightface import FivePointAligner, InsightFaceCropper, ModelPackError, arcface_transform, five_from_68  # noqa: E402
 
 DIST = "fermetric-insightface"
@@ -145,7 +145,7 @@ def _yale_rows(limit: int) -> tuple[Path, list[dict]]:
 def test_yalefaces_are_aligned_with_level_eyes():
     from PIL import Image
 
-    from fermetric.landmarks import DlibLandmarks
+    from fermetric.components.landmarks import DlibLandmarks
 
     root, rows = _yale_rows(limit=24)
     cropper = FivePointAligner(landmarks="dlib", size=112)
