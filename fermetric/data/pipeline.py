@@ -2,8 +2,11 @@
 
 Crops are cached in one SQLite file per cache folder, keyed by the image's content and the cropper's name and
 parameters, so a second run (or another recipe with the same crop) never decodes or detects again. A file
-that cannot be read is reported by path and skipped; a face the cropper cannot find follows
-``crop.on_no_face`` ("fallback" to the whole image, "skip", or "error"). Both are counted in the run summary.
+that cannot be read (not a regular file, a decompression bomb, truncated, not an image, refused by its dataset
+as outside the data folder: the rules are in :mod:`fermetric.data.decode`) is reported by path with a reason
+and skipped; a face the cropper cannot find follows ``crop.on_no_face`` ("fallback" to the whole image, "skip",
+or "error"). Both are counted in the run summary; :func:`summary_lines` words the unreadable ones for a
+console. A damaged cache file stops the run saying to delete it; a damaged cache row is recomputed.
 """
 
 from __future__ import annotations
