@@ -308,6 +308,12 @@ def test_manifest_paths_outside_its_folder_are_refused_before_opening(tmp_path):
         decode(dataset.samples[1])
 
 
+def test_refused_marker_is_the_one_the_pipeline_reads():
+    from fermetric.components import datasets
+
+    assert datasets.REFUSED == decode_mod.REFUSED
+
+
 def test_allow_outside_opts_out(tmp_path):
     (tmp_path / "images").mkdir()
     gray_png(tmp_path / "images" / "x.png")
@@ -399,7 +405,7 @@ def test_folders_with_a_subjects_file(tmp_path):
 
 
 def test_folders_subject_split_keeps_subjects_apart(tmp_path):
-    from fermetric.data.protocols import make_folds  # noqa: F401  (the protocol reads Sample.subject)
+    from fermetric.data.protocols import make_folds
 
     for cls in ("happy", "sad"):
         for subject in ("S1", "S2", "S3"):
@@ -407,7 +413,11 @@ def test_folders_subject_split_keeps_subjects_apart(tmp_path):
             for i in range(2):
                 gray_png(tmp_path / cls / subject / f"{i}.png", value=40 * i + 10)
     prepared = prepare(folder_dataset(tmp_path, subject_level=True), ResizeCropper(), {"name": "r"}, None)
-    assert all(s.subject for s in prepared.samples)
+    subjects = np.array([s.subject for s in prepared.samples])
+    folds = make_folds(prepared, {"protocol": "kfold", "folds": 3, "group_by": "subject"}, 0.0, 0)
+    assert len(folds) == 3
+    for fold in folds:
+        assert not set(subjects[fold.test]) & set(subjects[np.concatenate([fold.train, fold.val])])
 
 
 # -- 6. metrics with a class absent from a fold ----------------------------------------------------------------

@@ -16,8 +16,13 @@ import numpy as np
 
 import fermetric
 from fermetric.contracts import IMAGE_SUFFIXES, FaceDataset, Sample
-from fermetric.data.decode import REFUSED
 from fermetric.errors import FermetricError
+
+# The meta key that marks a sample refused before its file is opened, with the reason as its value; the pipeline
+# reports such samples as unreadable. Spelt out here because components import only the contracts; it equals
+# fermetric.data.decode.REFUSED (tests/test_bad_data.py checks).
+REFUSED = "fermetric.refused"
+
 
 def manifest_dataset(
     manifest: Path,
