@@ -135,6 +135,19 @@ def recipe_components(host: PluginHost, recipe: dict[str, Any]) -> list[Componen
     return found
 
 
+def dry_build(host: PluginHost, recipe: dict[str, Any], num_classes: int) -> None:
+    """Build every data-free component of a resolved recipe once (model, losses, miners, distances, sampler on
+    stand-in labels, callbacks), so a value only its factory can judge (a timm model name, an EMLF variant, an
+    ``m_per_class`` that does not fit the batch, a missing weights package) fails before any data work, naming its
+    key. Nothing is kept."""
+    model = build_model(host, recipe, num_classes)
+    build_objective(host, recipe, num_classes, model.embedding_dim)
+    batch = int(recipe["train"]["batch_size"])
+    labels = [i % num_classes for i in range(max(2 * batch, 4 * num_classes))]
+    build_sampler(host, recipe, labels, int(recipe["train"]["seed"]))
+    build_callbacks(host, recipe)
+
+
 def component_record(component: Component) -> dict[str, Any]:
     return {"kind": component.kind, "name": component.name, "plugin": component.plugin,
             "distribution": component.distribution, "version": component.version}

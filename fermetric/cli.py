@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import FermetricError
+from .errors import FermetricError, handle_errors
 
 SET_HELP = "Override a recipe key, e.g. --set train.epochs=3 --set loss.1.weight=0.2 (arrays are 0-based). Repeatable."
 
@@ -17,29 +17,6 @@ SET_HELP = "Override a recipe key, e.g. --set train.epochs=3 --set loss.1.weight
 class Context:
     def __init__(self, debug: bool):
         self.debug = debug
-
-
-def _fail(ctx: click.Context, exc: Exception) -> None:
-    if ctx.obj and ctx.obj.debug:
-        raise exc
-    code = getattr(exc, "exit_code", 1)
-    click.echo(f"Error: {exc}", err=True)
-    ctx.exit(code)
-
-
-def handle_errors(fn):
-    """User-facing errors end the command with their message and exit code, no traceback unless --debug."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        try:
-            return fn(*args, **kwargs)
-        except FermetricError as exc:
-            _fail(ctx, exc)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -237,6 +214,7 @@ def crop(recipe: str, n: int, out: str | None, overrides: tuple[str, ...]) -> No
 
     from .build import build
     from .components.croppers import preview_grid
+    from .data.decode import UnreadableImage
     from .data.pipeline import decode, face_of
     from .engine import load_recipe
     from .errors import NoFace
@@ -250,16 +228,24 @@ def crop(recipe: str, n: int, out: str | None, overrides: tuple[str, ...]) -> No
     cropper, _ = build(host, "cropper", resolved["crop"], where="crop")
     picks = np.linspace(0, len(dataset.samples) - 1, min(n, len(dataset.samples))).round().astype(int)
     pairs, titles = [], []
+    unreadable = []
     for i in picks:
         sample = dataset.samples[i]
-        image = decode(sample)
+        try:
+            image = decode(sample)
+        except UnreadableImage as exc:  # one bad file must not cost the whole preview
+            unreadable.append(f"{sample.key}: {exc}")
+            continue
         try:
             pairs.append((image, cropper(face_of(sample, image))))
         except NoFace:
             pairs.append((image, None))
         titles.append(sample.label)
+    if not pairs:
+        raise FermetricError(f"none of the {len(picks)} images picked could be read: " + "; ".join(unreadable[:3]))
     written = preview_grid(pairs, Path(out), titles=titles)
-    click.echo(f"wrote {Path(written).resolve()} ({len(pairs)} pairs, {sum(c is None for _, c in pairs)} without a face)")
+    skipped = f", {len(unreadable)} unreadable skipped (first: {unreadable[0]})" if unreadable else ""
+    click.echo(f"wrote {Path(written).resolve()} ({len(pairs)} pairs, {sum(c is None for _, c in pairs)} without a face{skipped})")
 
 
 @cli.command()

@@ -97,6 +97,36 @@ def load_landmarks_file(path: Path) -> np.ndarray:
     return points
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed range of a numeric component parameter, declared where the parameter is defined::
+
+        def __init__(self, width: Annotated[int, Range(1)] = 32, dropout: Annotated[float, Range(0, 1, high_inclusive=False)] = 0.0)
+
+    Recipes are checked against it before any work (exit 2, naming the key and the range); ``fermetric plugins``
+    shows it. ``None`` is unbounded.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        return not (self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low}"
+        if self.low is None:
+            return f"{'<=' if self.high_inclusive else '<'} {self.high}"
+        return f"in {'[' if self.low_inclusive else '('}{self.low}, {self.high}{']' if self.high_inclusive else ')'}"
+
+
 class Callback:
     """A training callback: override the events you need (each gets the running loop).
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import tomllib
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,16 +20,17 @@ import torch
 
 from . import __version__
 from . import recipe as recipe_mod
-from .build import build, build_callbacks, build_model, build_objective, build_sampler, component_record, recipe_components, versions
-from .data.pipeline import Prepared, prepare
+from .build import (build, build_callbacks, build_model, build_objective, build_sampler, component_record, dry_build,
+                    recipe_components, versions)
+from .data.pipeline import Prepared, prepare, summary_lines
 from .data.protocols import Fold, make_folds
-from .errors import FermetricError, RecipeError
+from .errors import FermetricError, RecipeError, Terminated, describe_os_error
 from .evaluation.metrics import aggregate, classification_metrics, distance_stats, knn_metrics
 from .evaluation.plots import plot_confusion, plot_tsne
 from .model import predict
 from .plugins import PluginHost, get_host
 from .progress import console
-from .runfolder import RunFolder, Status, write_json
+from .runfolder import RunFolder, Status, load_checkpoint, write_json
 from .training.augment import Augment
 from .training.callbacks import Checkpointer, default_callbacks
 from .training.loop import TrainLoop, seed_everything
@@ -48,49 +51,155 @@ def load_recipe(path: str | Path, overrides: list[str] | None, host: PluginHost)
 
 
 class Runner:
-    """Trains and evaluates one resolved recipe into one run folder."""
+    """Trains and evaluates one resolved recipe into one run folder.
+
+    Whatever happens, ``run.json`` ends with a final ``status`` and a ``reason`` (finished; interrupted by Ctrl-C or
+    SIGTERM, resumable; failed, with the error), the console output is appended to ``log.txt``, and no other
+    process can write into the folder while this one runs (a file lock).
+    """
 
     def __init__(self, recipe: dict[str, Any], out: Path | RunFolder, host: PluginHost, resume: bool = False,
-                 recipe_path: str = ""):
+                 recipe_path: str = "", overrides: list[str] | None = None):
         self.recipe = recipe
         self.folder = out if isinstance(out, RunFolder) else RunFolder(out)
         self.out = self.folder.root
         self.host = host
         self.resume = resume
         self.recipe_path = recipe_path
+        self.overrides = list(overrides or [])
         self.train_cfg = recipe["train"]
         self.seed = int(self.train_cfg["seed"])
         self.device = pick_device(self.train_cfg["device"])
         self.init_source = None  # (checkpoint, state, sha256, parts) of model.init_from
+        self.digest = recipe_mod.digest(recipe)
+        self.run_info: dict[str, Any] = {}
+        self._log_file = None
 
     def log(self, text: str) -> None:
         console.print(text)
+        if self._log_file is not None:
+            from rich.text import Text
+
+            self._log_file.write(Text.from_markup(text).plain + "\n")
+            self._log_file.flush()
+
+    def warn(self, text: str) -> None:
+        """A warning for the console, log.txt and run.json (``warnings``), kept even if the run is killed later."""
+        self.log(f"[yellow]warning[/]: {text}")
+        self.run_info.setdefault("warnings", []).append(text)
+        write_json(self.run_info, self.folder.run_file)
+
+    def resume_command(self) -> str:
+        """The command that continues this run, with the overrides it was started with."""
+        import shlex
+
+        parts = ["fermetric", "run", self.recipe_path or str(self.folder.recipe_file), "--out", str(self.out)]
+        for item in self.overrides:
+            parts += ["--set", item]
+        return shlex.join(parts + ["--resume"])
 
     # -- run folder -------------------------------------------------------------------------------------
-    def _open_folder(self) -> None:
-        # A folder whose first attempt failed before training saved anything holds nothing to lose.
-        if self.folder.recipe_file.exists() and self.folder.has_training():
-            if not self.resume:
-                raise FermetricError(f"{self.out} already holds a run; pass --resume to continue it, or --out for a new folder")
-            if not recipe_mod.matches_file(self.folder.recipe_file, self.recipe):
-                raise FermetricError(f"--resume: the recipe differs from the one in {self.folder.recipe_file}; use another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
+    def _check_folder(self) -> None:
+        """Refuse to overwrite a run, or to resume one with a recipe that did not produce it (naming what differs)."""
+        folder = self.folder
+        if not folder.has_training():
+            # A folder whose first attempt failed before training saved anything holds nothing to lose.
+            if self.resume and not folder.run_file.exists():
+                self.log(f"nothing to resume in {self.out}: starting a new run")
+            return
+        if not self.resume:
+            raise FermetricError(f"{self.out} already holds a run; pass --resume to continue it, or --out for a new folder")
+        saved = None
+        if folder.recipe_file.exists():
+            try:
+                saved = tomllib.loads(folder.recipe_file.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                self.log(f"[yellow]{folder.recipe_file} is unreadable[/] ({exc}); checking the recipe against run.json instead")
+        if saved is not None:
+            if not recipe_mod.matches_file(folder.recipe_file, self.recipe):
+                diffs = recipe_mod.differences(saved, tomllib.loads(recipe_mod.dumps(self.recipe)))
+                shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+                raise FermetricError(
+                    f"--resume: the recipe differs from the one in {folder.recipe_file}: {shown}. To continue the saved"
+                    f" run as it was started: fermetric run {folder.recipe_file} --out {self.out} --resume"
+                    " (or start a new run with another --out)"
+                )
+            return
+        recorded = (folder.run_info() or {}).get("recipe_digest") or self._checkpoint_digest()
+        if recorded is None:
+            raise FermetricError(
+                f"--resume: {folder.recipe_file} is missing or unreadable, and nothing in {self.out} records which recipe"
+                " produced its checkpoints, so resuming could mix two recipes in one run; use another --out"
+            )
+        if recorded != self.digest:
+            raise FermetricError(
+                f"--resume: {folder.recipe_file} is missing or unreadable, and this recipe is not the one that produced"
+                f" the checkpoints in {self.out} (its fingerprint differs from the one recorded); use the original recipe"
+                " and --set options, or another --out"
+            )
+        self.log(f"{folder.recipe_file} was missing or unreadable: rewritten (the recipe matches the recorded fingerprint)")
+
+    def _checkpoint_digest(self) -> str | None:
+        for candidate in [self.folder, *self.folder.folds()]:
+            if candidate.last_checkpoint.exists():
+                meta = load_checkpoint(candidate.last_checkpoint).get("meta", {})
+                return meta.get("recipe_digest")
+        return None
+
+    def _finish(self, status: str, reason: str) -> None:
+        self.run_info.update(status=status, reason=reason, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        try:
+            write_json(self.run_info, self.folder.run_file)
+        except OSError:
+            pass  # the folder cannot be written (full disk, read-only): the error being raised says so already
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self, only_fold: int | None = None) -> dict[str, Any]:
-        self._open_folder()
-        if self.resume and self.folder.is_finished():
-            # Resuming a finished run is a no-op: evaluating again would cost minutes and rewrite the
-            # run's start and end times, which reports read as its wall time.
+        if self.resume and self.folder.is_finished() and recipe_mod.matches_file(self.folder.recipe_file, self.recipe):
+            # Resuming a finished run is a no-op, and writes nothing (the folder may be read-only): evaluating
+            # again would cost minutes and rewrite the run's start and end times, which reports read as wall time.
             self.log(f"{self.out}: already finished, skipped")
             return self.folder.metrics()
+        try:
+            with self.folder.lock():
+                self._check_folder()
+                self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
+                self._log_file = self.folder.log_file.open("a")
+                self._log_file.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
+                self.run_info = {
+                    "fermetric": __version__, "recipe_file": self.recipe_path, "command": " ".join(sys.argv),
+                    "overrides": self.overrides, "recipe_digest": self.digest, "seed": self.seed, "device": str(self.device),
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": Status.RUNNING,
+                }
+                write_json(self.run_info, self.folder.run_file)
+                with _sigterm_as_interrupt():
+                    return self._run(only_fold)
+        except KeyboardInterrupt as exc:
+            if self.run_info:
+                signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                self._finish(Status.INTERRUPTED, f"{signal_name}; resumable")
+                self.log(f"[yellow]interrupted ({signal_name})[/]; continue with: {self.resume_command()}")
+            raise
+        except OSError as exc:
+            self._finish(Status.FAILED, describe_os_error(exc))
+            raise FermetricError(describe_os_error(exc)) from exc
+        except BaseException as exc:
+            if self.run_info:
+                self._finish(Status.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+
+    def _run(self, only_fold: int | None) -> dict[str, Any]:
         seed_everything(self.seed)
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         dataset, _ = build(self.host, "dataset", self.recipe["data"], where="data")
         cropper, crop_component = build(self.host, "cropper", self.recipe["crop"], where="crop")
+        # Before any data work, every component is built once with the recipe's values: a bad value must not
+        # wait for 30,000 crops to be found.
+        dry_build(self.host, self.recipe, len(dataset.classes))
         if self.recipe["model"]["init_from"]:
-            # Before any data work: a source that does not fit must not wait for 30,000 crops.
             ckpt, state, sha = load_source(self.recipe["model"]["init_from"])
             parts = self.recipe["model"]["init_parts"]
             check_compatible(state["meta"], self.recipe, tuple(cropper.output_size),
@@ -107,35 +216,21 @@ class Runner:
                 raise RecipeError(f"--fold {only_fold}: the protocol has folds 0..{len(folds) - 1}")
             folds = [folds[only_fold]]
         components = recipe_components(self.host, self.recipe)
-        run_info = {
-            "fermetric": __version__,
-            "recipe_file": self.recipe_path,
-            "command": " ".join(sys.argv),
-            "seed": self.seed,
-            "device": str(self.device),
-            "started": started,
+        self.run_info |= {
             "versions": versions(components),
             "synthetic_data": prepared.synthetic,
             "components": [component_record(c) for c in components],
             "data": dict(prepared.report) | {"classes": prepared.classes},
             "folds": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in all_folds],
-            "status": Status.RUNNING,
         }
         if self.init_source is not None:
             ckpt, state, sha, parts = self.init_source
-            run_info["init_from"] = record(ckpt, state, sha, parts)
-        write_json(run_info, self.folder.run_file)
+            self.run_info["init_from"] = record(ckpt, state, sha, parts)
+        write_json(self.run_info, self.folder.run_file)
         self._summarise_data(prepared)
-        per_fold = []
         single = self.recipe["eval"]["protocol"] != "kfold"
-        try:
-            for fold in folds:
-                per_fold.append(self.run_fold(prepared, fold, self.folder if single else self.folder.fold(fold.index), len(folds)))
-        except KeyboardInterrupt:
-            run_info["status"] = Status.INTERRUPTED
-            write_json(run_info, self.folder.run_file)
-            self.log(f"[yellow]interrupted[/]; continue with: fermetric run {self.recipe_path or 'RECIPE'} --out {self.out} --resume")
-            raise
+        per_fold = [self.run_fold(prepared, fold, self.folder if single else self.folder.fold(fold.index), len(folds))
+                    for fold in folds]
         status = Status.FINISHED
         if not single and only_fold is not None:
             # One fold of several (--fold): aggregate whichever folds exist so far, and say the run is partial.
@@ -146,8 +241,7 @@ class Runner:
         metrics = per_fold[0] if single else self._aggregate(per_fold, folds)
         metrics["synthetic_data"] = prepared.synthetic
         write_json(metrics, self.folder.metrics_file)
-        run_info.update(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        write_json(run_info, self.folder.run_file)
+        self._finish(status, "all folds evaluated" if status == Status.FINISHED else "--fold ran some of the folds")
         return metrics
 
     def _aggregate(self, per_fold: list[dict[str, Any]], folds: list[Fold]) -> dict[str, Any]:
@@ -175,8 +269,9 @@ class Runner:
             f"data: {r['images_used']} images used of {r['images_listed']}{label}; {r['unreadable']} unreadable,"
             f" {r['no_face']} without a face ({r['no_face_policy']}); crop cache hits {r['cache_hits']}"
         )
-        for item in r["unreadable_files"][:5]:
-            self.log(f"  [yellow]unreadable[/] {item['file']}: {item['error']}")
+        if r["unreadable"]:
+            for line in summary_lines(r):
+                self.log(f"  [yellow]{line}[/]")
 
     # -- one fold -----------------------------------------------------------------------------------------
     def run_fold(self, prepared: Prepared, fold: Fold, folder: RunFolder, n_folds: int) -> dict[str, Any]:
@@ -206,9 +301,10 @@ class Runner:
             model=model, objective=objective, step=step, sampler=sampler,
             images=prepared.images[fold.train].to(self.device), labels=train_labels.to(self.device),
             device=self.device, epochs=int(cfg["epochs"]), seed=fold_seed, augment=Augment(cfg["augment"]),
-            callbacks=[*default_callbacks(int(cfg["patience"]), title), *extra, Checkpointer(meta)], folder=folder,
+            callbacks=[*default_callbacks(int(cfg["patience"]), title, len(prepared.classes)), *extra, Checkpointer(meta)],
+            folder=folder,
             val=(prepared.images[fold.val], prepared.labels[fold.val]) if len(fold.val) else None,
-            classes=prepared.classes, amp_dtype=dtype, fold=fold.index, n_folds=n_folds, log=self.log,
+            classes=prepared.classes, amp_dtype=dtype, fold=fold.index, n_folds=n_folds, log=self.log, warn=self.warn,
         )
         if folder.last_checkpoint.exists():
             if not self.resume:
@@ -218,7 +314,7 @@ class Runner:
         return self._evaluate(loop.model, prepared, fold, folder, loop.best)
 
     def _restore(self, loop: TrainLoop, folder: RunFolder, prepared: Prepared, fold: Fold) -> None:
-        state = torch.load(folder.last_checkpoint, map_location=self.device, weights_only=True)
+        state = load_checkpoint(folder.last_checkpoint, self.device)
         saved_digest = state["meta"].get("split_digest")  # absent in checkpoints of fermetric before it was kept
         if saved_digest is not None and saved_digest != self._split_digest(prepared, fold):
             raise FermetricError(
@@ -259,13 +355,14 @@ class Runner:
             "split_digest": self._split_digest(prepared, fold),
             "seed": self.seed,
             "synthetic_data": prepared.synthetic,
+            "recipe_digest": self.digest,
         }
 
     def _evaluate(self, model, prepared: Prepared, fold: Fold, folder: RunFolder, best: dict[str, Any]) -> dict[str, Any]:
         cfg_eval = self.recipe["eval"]
         selected = "last"
         if self.train_cfg["select"] == "best" and len(fold.val) and folder.best_checkpoint.exists():
-            model.load_state_dict(torch.load(folder.best_checkpoint, map_location=self.device, weights_only=True)["model"])
+            model.load_state_dict(load_checkpoint(folder.best_checkpoint, self.device)["model"])
             selected = f"best (epoch {best['epoch'] + 1}, val accuracy {best['score']:.4f})"
         test_y = prepared.labels[fold.test].numpy()
         test_emb, test_logits = predict(model, prepared.images[fold.test], self.device, tta=cfg_eval["tta"])
@@ -293,9 +390,10 @@ class Runner:
 
 
 def run(recipe: dict[str, Any], out: str | Path, resume: bool = False, fold: int | None = None,
-        host: PluginHost | None = None, recipe_path: str = "") -> dict[str, Any]:
+        host: PluginHost | None = None, recipe_path: str = "", overrides: list[str] | None = None) -> dict[str, Any]:
     """Train and evaluate an already resolved (validated) recipe into ``out``."""
-    return Runner(recipe, Path(out), host or get_host(), resume=resume, recipe_path=recipe_path).run(only_fold=fold)
+    return Runner(recipe, Path(out), host or get_host(), resume=resume, recipe_path=recipe_path,
+                  overrides=overrides).run(only_fold=fold)
 
 
 def run_recipe(recipe_path: str, out: str | None = None, overrides: list[str] | None = None, resume: bool = False,
@@ -303,5 +401,27 @@ def run_recipe(recipe_path: str, out: str | None = None, overrides: list[str] | 
     """``fermetric run``: load, resolve and validate a recipe file, then :func:`run` it."""
     host = host or get_host()
     recipe = load_recipe(recipe_path, overrides, host)
-    out_dir = Path(out) if out else Path("runs") / Path(recipe_path).stem
-    return run(recipe, out_dir, resume=resume, fold=fold, host=host, recipe_path=str(recipe_path)), out_dir
+    out_dir = Path(out) if out else Path("runs") / recipe_mod.recipe_stem(recipe_path)
+    return run(recipe, out_dir, resume=resume, fold=fold, host=host, recipe_path=str(recipe_path),
+               overrides=overrides), out_dir
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread, so a scheduler's kill ends the run
+    like Ctrl-C: status interrupted, resumable, exit 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
+from .contracts import Range
 from .errors import FermetricError
 
 ENTRY_POINT_GROUP = "fermetric"
@@ -304,7 +305,7 @@ def factory_params(factory: Callable[..., Any]) -> tuple[dict[str, Param], bool]
         if own and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own):
             continue  # a pure pass-through (torch.nn.Module's ``*args, **kwargs``) names nothing: look further up
         try:
-            hints = typing.get_type_hints(target)
+            hints = typing.get_type_hints(target, include_extras=True)  # keep Annotated[..., Range(...)]
         except Exception:
             hints = {}
         has_var_kw = False
@@ -333,8 +334,18 @@ def _has_var_kw(fn: Callable[..., Any]) -> bool:
 
 
 def check_value(param: Param, value: Any) -> str | None:
-    """None if ``value`` fits the parameter's type, else the expected type's name."""
+    """None if ``value`` fits the parameter's type (and its declared :class:`~fermetric.contracts.Range`), else what
+    was expected ("int", "int >= 1")."""
     expected = param.annotation
+    if typing.get_origin(expected) is typing.Annotated:
+        base, *extras = typing.get_args(expected)
+        problem = check_value(Param(param.name, param.default, base), value)
+        if problem is not None:
+            return problem
+        for extra in extras:
+            if isinstance(extra, Range) and value is not None and value not in extra:
+                return f"{_type_name(base)} {extra}"
+        return None
     if expected is _MISSING:
         if param.default is _MISSING or param.default is None:
             return None
@@ -348,6 +359,8 @@ def _fits(expected: Any, value: Any) -> bool:
         return True
     origin = typing.get_origin(expected)
     args = typing.get_args(expected)
+    if origin is typing.Annotated:
+        return _fits(args[0], value)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(a, value) for a in args)
     if expected is type(None):
@@ -371,6 +384,9 @@ def _fits(expected: Any, value: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        return " ".join([_type_name(base), *(str(e) for e in extras if isinstance(e, Range))])
     if isinstance(tp, type) and not typing.get_args(tp):
         return tp.__name__
     return str(tp).replace("typing.", "")

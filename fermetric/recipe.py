@@ -99,6 +99,48 @@ CHOICES = {
     ("crop", "on_no_face"): ("fallback", "skip", "error"),
 }
 
+# Allowed ranges of the engine's numbers: (low, high, low inclusive, high inclusive); None is unbounded.
+RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
+    ("model", "embedding_dim"): (1, None, True, True),
+    ("model", "dropout"): (0, 1, True, False),
+    ("train", "epochs"): (1, None, True, True),
+    ("train", "batch_size"): (1, None, True, True),
+    ("train", "lr"): (0, None, True, True),  # 0 trains nothing, which a probe of a loaded model may want
+    ("train", "weight_decay"): (0, None, True, True),
+    ("train", "momentum"): (0, 1, True, False),
+    ("train", "warmup_epochs"): (0, None, True, True),
+    ("train", "val_fraction"): (0, 1, True, False),
+    ("train", "patience"): (0, None, True, True),
+    ("train", "grad_clip"): (0, None, True, True),
+    ("train", "backbone_lr_mult"): (0, None, True, True),
+    ("train", "freeze_backbone_epochs"): (0, None, True, True),
+    ("train", "seed"): (0, 2**63 - 1, True, True),
+    ("eval", "test_fraction"): (0, 1, False, False),
+    ("eval", "folds"): (2, None, True, True),
+    ("eval", "tsne_max_points"): (5, None, True, True),
+    ("ablate", "seeds"): (1, None, True, True),
+}
+AUGMENT_RANGES = {"shift": (0, 1), "rotate": (0, 180), "scale": (0, 1)}
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def range_text(low, high, low_in: bool = True, high_in: bool = True) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1)``: how an allowed range reads in a message."""
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    if low is None:
+        return f"{'<=' if high_in else '<'} {high}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def in_range(value: float, low, high, low_in: bool = True, high_in: bool = True) -> bool:
+    if value != value:  # NaN is in no range
+        return False
+    if low is not None and (value < low or (value == low and not low_in)):
+        return False
+    return not (high is not None and (value > high or (value == high and not high_in)))
+
+
 COMPONENT_SECTIONS = ("data", "crop", "backbone")
 TOP_LEVEL = {"extends", "name", "description", "loss", "callback", *COMPONENT_SECTIONS, *SCHEMA}
 
@@ -447,6 +489,14 @@ def _validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool) -> di
             choices = CHOICES.get((section, key))
             if choices and value not in choices:
                 raise RecipeError(f"{section}.{key} = {value!r}: expected one of {', '.join(choices)}")
+            bounds = RANGES.get((section, key))
+            if bounds and not in_range(value, *bounds):
+                raise RecipeError(f"{section}.{key} = {value!r}: must be {range_text(*bounds)}")
+    if not DEVICE.match(recipe["train"]["device"]):
+        raise RecipeError(f"train.device = {recipe['train']['device']!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if recipe["train"]["warmup_epochs"] >= recipe["train"]["epochs"] and recipe["train"]["warmup_epochs"]:
+        raise RecipeError(f"train.warmup_epochs = {recipe['train']['warmup_epochs']}: must be < train.epochs"
+                          f" ({recipe['train']['epochs']}), or the schedule never leaves its warm-up")
     augment = recipe["train"]["augment"]
     defaults = SCHEMA["train"]["augment"][1]
     _check_known(augment.keys(), defaults.keys(), "key", "train.augment.")
@@ -454,6 +504,8 @@ def _validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool) -> di
         want = type(defaults[key])
         if isinstance(value, bool) != (want is bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"train.augment.{key}: expected {want.__name__}, got {type(value).__name__} {value!r}")
+        if key in AUGMENT_RANGES and not in_range(float(value), *AUGMENT_RANGES[key]):
+            raise RecipeError(f"train.augment.{key} = {value!r}: must be {range_text(*AUGMENT_RANGES[key])}")
     # A partial table changes only the keys it names (the documented defaults stay for the others).
     recipe["train"]["augment"] = {**defaults, **augment}
     crop_choice = recipe["crop"].get("on_no_face")
@@ -611,6 +663,41 @@ def matches_file(path: Path, recipe: dict[str, Any]) -> bool:
         if isinstance(table.get("train"), dict):
             table["train"].pop("cache_dir", None)
     return _same(saved, current)
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key = new (was old)`` for every dotted key where two resolved recipes differ (as :func:`matches_file`
+    compares them), for the message that refuses a resume."""
+    out = []
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current)):
+            where = f"{prefix}{key}"
+            if where == "train.cache_dir":
+                continue
+            if key not in saved:
+                out.append(f"{where} = {current[key]!r} (not in the saved recipe)")
+            elif key not in current:
+                out.append(f"{where} is gone (was {saved[key]!r})")
+            else:
+                out += differences(saved[key], current[key], f"{where}.")
+        return out
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        for i, (a, b) in enumerate(zip(saved, current)):
+            out += differences(a, b, f"{prefix}{i}.")
+        return out
+    return [] if _same(saved, current) else [f"{prefix.rstrip('.')} = {current!r} (was {saved!r})"]
+
+
+def digest(recipe: dict[str, Any]) -> str:
+    """A fingerprint of a resolved recipe, compared like :func:`matches_file` (``train.cache_dir`` left out): what
+    run.json and checkpoints record, so a resume is checked even when recipe.toml was deleted."""
+    import hashlib
+    import json
+
+    table = tomllib.loads(dumps(recipe))
+    if isinstance(table.get("train"), dict):
+        table["train"].pop("cache_dir", None)
+    return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _same(saved: Any, current: Any) -> bool:

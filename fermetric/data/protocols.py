@@ -40,8 +40,9 @@ def groups_of(prepared: Prepared, group_by: str) -> np.ndarray | None:
         missing = sum(1 for s in prepared.samples if not s.subject)
         if missing:
             raise RecipeError(
-                f"eval.group_by = \"subject\", but {missing} of {len(prepared.samples)} images have no subject id"
-                " (FER2013 has none); use eval.group_by = \"none\" or a dataset with a subject column"
+                f"eval.group_by = \"subject\", but {missing} of {len(prepared.samples)} images have no subject id; give the"
+                " dataset subject ids (a manifest's subject column; for a folders dataset subject_level = true or a"
+                " subjects_file) or set eval.group_by = \"none\""
             )
         return np.array([s.subject for s in prepared.samples])
     missing = [s.key for s in prepared.samples if not s.meta.get(group_by)]

@@ -14,35 +14,12 @@ from pathlib import Path
 
 import click
 
-from fermetric.errors import FermetricError, RecipeError
+from fermetric.errors import FermetricError, RecipeError, handle_errors
 
 MODEL_HELP = "A run folder (fermetric run --out) or a checkpoint file."
 DETECT_HELP = ("Face detector for pictures: auto (dlib if installed, else Haar; a template model reads small aligned crops"
                " as they are), dlib, haar, or none (each picture is one face framed like the training data).")
 INPUTS_HELP = "INPUTS: image files, folders (searched recursively), glob patterns ('faces/*.png') and video files."
-
-
-def handle_errors(fn):
-    """A FermetricError ends the command with its message and exit code, no traceback unless ``fermetric --debug``.
-
-    The same contract as ``fermetric.cli.handle_errors``, restated here because the architecture keeps applications
-    (this package) below the command line layer: they may not import ``fermetric.cli``.
-    """
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        try:
-            return fn(*args, **kwargs)
-        except FermetricError as exc:
-            root = ctx.find_root().obj
-            if root is not None and getattr(root, "debug", False):
-                raise
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(getattr(exc, "exit_code", 1))
-
-    return wrapper
 
 
 def model_options(fn):

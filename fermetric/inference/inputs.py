@@ -38,25 +38,12 @@ class Item:
 
 
 def decode_file(path: Path) -> np.ndarray:
-    """HxW uint8 grayscale pixels of an image file, upright (EXIF orientation applied); raises ValueError with
-    the reason when the file is not a readable image."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """HxW uint8 grayscale pixels of an image file, decoded exactly as training decodes (fermetric.data.decode:
+    EXIF orientation, 16-bit and float scaling, bombs and non-regular files refused); raises ValueError with the
+    reason when the file is not a readable image."""
+    from fermetric.data.decode import decode_file as decode
 
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                return np.ascontiguousarray(((arr - lo) / max(hi - lo, 1e-9) * 255).round().astype(np.uint8))
-            return np.ascontiguousarray(np.asarray(im.convert("L"), dtype=np.uint8))
-    except UnidentifiedImageError:
-        raise ValueError("not an image file (no decoder recognises it)") from None
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ValueError(f"unreadable image: {exc}") from None
+    return decode(path)
 
 
 def array_image(value: np.ndarray) -> np.ndarray:

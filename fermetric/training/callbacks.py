@@ -135,6 +135,41 @@ class Checkpointer(Callback):
         save_checkpoint(state, loop.folder.last_checkpoint)
 
 
-def default_callbacks(patience: int, title: str = "") -> list[Callback]:
+class DivergenceMonitor(Callback):
+    """Notices a run that trains without learning, which no NaN check sees (AdamW at lr 1000 stays finite and at
+    chance): after ``epochs`` consecutive epochs whose training loss is above the first epoch's, or whose training
+    accuracy is at chance (at most 1/classes + 2 points), it warns once (console, log.txt and run.json's
+    ``warnings``). Training goes on: the epoch selection and the test still report what the run is worth."""
+
+    def __init__(self, num_classes: int, epochs: int = 3):
+        self.chance = 1.0 / max(int(num_classes), 1)
+        self.epochs = int(epochs)
+        self.first_loss: float | None = None
+        self.bad = 0
+        self.warned = False
+
+    def on_epoch_end(self, loop) -> None:
+        row = loop.row
+        if self.first_loss is None:
+            self.first_loss = float(row["train_loss"])
+            return
+        above = float(row["train_loss"]) > self.first_loss
+        at_chance = float(row["train_accuracy"]) <= self.chance + 0.02
+        self.bad = self.bad + 1 if (above or at_chance) else 0
+        if self.bad >= self.epochs and not self.warned:
+            self.warned = True
+            why = "the training loss is above its first epoch's" if above else f"training accuracy is at chance ({self.chance:.3f})"
+            loop.warn(f"{loop.folder.root.name}: training looks diverged at epoch {loop.epoch + 1}: {why} for {self.bad}"
+                      f" epochs in a row (train.lr = {loop.row['lr']:.3g}); lower train.lr or check the loss parameters")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_loss": self.first_loss, "bad": self.bad, "warned": self.warned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.first_loss, self.bad, self.warned = state.get("first_loss"), int(state.get("bad", 0)), bool(state.get("warned"))
+
+
+def default_callbacks(patience: int, title: str = "", num_classes: int = 2) -> list[Callback]:
     """The engine's callbacks, in the order they run (the checkpointer is added last by the engine)."""
-    return [ModelSelection(), HistoryCSV(), ConsoleProgress(), EarlyStopping(patience), TrainingCurves(title)]
+    return [ModelSelection(), HistoryCSV(), ConsoleProgress(), EarlyStopping(patience), DivergenceMonitor(num_classes),
+            TrainingCurves(title)]

@@ -44,12 +44,13 @@ class TrainLoop:
                  labels: torch.Tensor, device: torch.device, epochs: int, seed: int, augment: Augment,
                  callbacks: list[Callback], folder: RunFolder, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                  classes: list[str] | None = None, amp_dtype: torch.dtype | None = None, fold: int = 0, n_folds: int = 1,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None):
         self.model, self.objective, self.stepper, self.sampler = model, objective, step, sampler
         self.images, self.labels, self.val, self.classes = images, labels, val, classes or []
         self.device, self.epochs, self.seed, self.augment = device, int(epochs), int(seed), augment
         self.callbacks, self.folder, self.amp_dtype = list(callbacks), folder, amp_dtype
         self.fold, self.n_folds, self.log = fold, n_folds, log
+        self.warn = warn or (lambda text: log(f"warning: {text}"))
         self.start_epoch = self.epoch = 0
         self.step = 0
         self.batches = len(sampler)

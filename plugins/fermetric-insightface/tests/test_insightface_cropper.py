@@ -350,7 +350,7 @@ def test_fermetric_crop_reports_the_missing_pack(no_download, monkeypatch, tmp_p
     monkeypatch.chdir(root)
     out = tmp_path / "preview.png"
     result = CliRunner().invoke(cli, ["crop", "plugins/fermetric-insightface/recipes/yalefaces_model_pack.toml", "--out", str(out)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a missing resource the recipe names is bad input (MissingResource)
     assert f"insightface model pack not found: {root / 'models' / 'buffalo_l'}" in result.output
     assert "2d106det.onnx" in result.output
     assert not out.exists()

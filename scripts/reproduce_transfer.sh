@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The transfer chain of issue #13: ImageNet MobileNetV2 -> FER2013 (Training only; the epoch is selected on 5% of
+# Training, PublicTest is only reported) -> CK+48 10-fold by subject, partial image and full face, CE and CE+EMLF,
+# each paired (same seed, same folds) with the same cell trained from ImageNet only.
+# Long on a CPU (hours): every step is resumable, run the script again to continue where it stopped.
+#   OUT=runs/transfer bash scripts/reproduce_transfer.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/transfer}
+FER=recipes/pidml/fer2013_mobilenet_pretrained.toml
+CK=recipes/pidml/ck48_transfer_96.toml
+# 1. The FER2013 sources, one per crop (input size and crop must match the CK+48 step).
+.venv/bin/fermetric run "$FER" --out "$OUT/fer2013_au_partial" --resume "$@"
+.venv/bin/fermetric run "$FER" --out "$OUT/fer2013_full_face" --set crop.name=full_face --set crop.size=96 --resume "$@"
+# 2. CK+48: from FER2013 against ImageNet only ("" = no init_from), CE alone (weight 0) against CE + EMLF.
+.venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_au_partial" \
+  --grid "model.init_from=\"$OUT/fer2013_au_partial\",\"\"" --grid loss.1.weight=0,0.5 \
+  --baseline "model.init_from=\"\",loss.1.weight=0" "$@"
+.venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_full_face" --set crop.name=full_face --set crop.size=96 \
+  --grid "model.init_from=\"$OUT/fer2013_full_face\",\"\"" --grid loss.1.weight=0,0.5 \
+  --baseline "model.init_from=\"\",loss.1.weight=0" "$@"
