@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import FermetricError, handle_errors
+from .errors import FermetricError, RecipeError, handle_errors
 
 SET_HELP = "Override a recipe key, e.g. --set train.epochs=3 --set loss.1.weight=0.2 (arrays are 0-based). Repeatable."
 
@@ -39,18 +39,28 @@ def cli(ctx: click.Context, debug: bool, allow: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (and first unfinished fold).")
 @click.option("--fold", type=int, help="Run only this fold (0-based) of a k-fold protocol.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Processes on this machine (one per GPU): relaunches itself under torchrun --standalone. For several"
+                   " machines call torchrun yourself: torchrun --nnodes M --nproc_per_node N ... -m fermetric run RECIPE.")
 @handle_errors
-def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, fold: int | None) -> None:
+def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, fold: int | None, nproc: int) -> None:
     """Train and evaluate RECIPE; write a run folder with metrics, plots and checkpoints.
 
-    RECIPE is a file or a packaged recipe, fermetric:NAME (`fermetric recipes` lists them).
+    RECIPE is a file or a packaged recipe, fermetric:NAME (`fermetric recipes` lists them). Under torchrun (or with
+    --nproc N) the same recipe trains on N processes: train.batch_size is the global batch.
     """
     from .engine import run_recipe
     from .progress import console
     from .recipe import recipe_stem
 
+    if nproc < 1:
+        raise RecipeError(f"--nproc {nproc}: at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_under_torchrun(nproc)
     out = out or str(Path("runs") / recipe_stem(recipe))
     metrics, out_dir = run_recipe(recipe, out, list(overrides), resume=resume, fold=fold)
+    if not metrics:  # a process other than rank 0: rank 0 reports
+        return
     # A standard deviation needs two folds: one fold (--fold K, holdout, split) reports none.
     std = f" ± {metrics['accuracy_std']:.4f} over {len(metrics['folds'])} folds" if len(metrics.get("folds", [])) > 1 else ""
     tag = " (SYNTHETIC data)" if metrics.get("synthetic_data") else ""
@@ -281,6 +291,26 @@ from .inference.commands import embed, evaluate, explain, export, predict  # noq
 
 for _command in (predict, evaluate, export, embed, explain):
     cli.add_command(_command)
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """``fermetric run --nproc N ...`` is ``torchrun --standalone --nproc_per_node N -m fermetric run ...``: the same
+    command in N processes (torchrun sets RANK/WORLD_SIZE, so they do not relaunch again)."""
+    import subprocess
+
+    args, skip = [], False
+    for i, arg in enumerate(sys.argv[1:]):
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "fermetric", *args]
+    raise SystemExit(subprocess.call(command))
 
 
 def main() -> None:

@@ -139,7 +139,12 @@ class Callback:
     - ``loop.running()``: mean loss and accuracy of the epoch so far (reads them from the device: call it rarely);
     - ``loop.improved`` / ``loop.best``: whether this epoch is the selected one so far, and which epoch that is;
     - ``loop.folder``: the fold's :class:`fermetric.runfolder.RunFolder` (write your files under ``loop.folder.root``);
-    - ``loop.model``, ``loop.objective``, ``loop.device``, ``loop.log(text)`` (the run's console and log file).
+    - ``loop.net`` (the network), ``loop.model`` (the same, or its DistributedDataParallel wrapper under torchrun),
+      ``loop.objective``, ``loop.device``, ``loop.ctx`` (rank and world size), ``loop.log(text)`` and ``loop.warn(text)``
+      (the run's console, log file and run.json warnings).
+
+    Under torchrun, the callbacks of a recipe's ``[[callback]]`` tables run on rank 0 only (they are loggers and
+    writers); the loop's figures in ``loop.row`` are already summed over every process.
 
     A callback stops training early by setting ``loop.should_stop = True``. Whatever ``state_dict()`` returns goes into
     the checkpoint and comes back through ``load_state_dict`` on ``--resume``.

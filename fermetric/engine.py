@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import tomllib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from .plugins import PluginHost, get_host
 from .progress import console
 from .runfolder import RunFolder, Status, load_checkpoint, write_json
 from .training.augment import Augment
-from .training.callbacks import Checkpointer, default_callbacks
+from .training.callbacks import Checkpointer, DivergenceMonitor, EarlyStopping, ModelSelection, default_callbacks
+from .training.distributed import (DistContext, ShardedBatchSampler, broadcast_parameters, check_global_batch,
+                                   distribute_objective, run_guarded, sync_loss_parameters)
 from .training.loop import TrainLoop, seed_everything
 from .training.optim import OptimizerStep, amp_dtype, make_optimizer, make_scheduler, model_groups
 from .training.transfer import check_compatible, load_parts, load_source, record
@@ -69,13 +71,19 @@ class Runner:
         self.overrides = list(overrides or [])
         self.train_cfg = recipe["train"]
         self.seed = int(self.train_cfg["seed"])
-        self.device = pick_device(self.train_cfg["device"])
+        # torchrun's environment (RANK, WORLD_SIZE): one process of N, else the single process it always was.
+        self.ctx = DistContext.from_env(device=pick_device(self.train_cfg["device"]))
+        self.device = self.ctx.device
+        self.main = self.ctx.is_main
+        check_global_batch(int(self.train_cfg["batch_size"]), self.ctx.world_size)
         self.init_source = None  # (checkpoint, state, sha256, parts) of model.init_from
         self.digest = recipe_mod.digest(recipe)
         self.run_info: dict[str, Any] = {}
         self._log_file = None
 
     def log(self, text: str) -> None:
+        if not self.main:  # rank 0 speaks for every rank
+            return
         console.print(text)
         if self._log_file is not None:
             from rich.text import Text
@@ -86,8 +94,9 @@ class Runner:
     def warn(self, text: str) -> None:
         """A warning for the console, log.txt and run.json (``warnings``), kept even if the run is killed later."""
         self.log(f"[yellow]warning[/]: {text}")
-        self.run_info.setdefault("warnings", []).append(text)
-        write_json(self.run_info, self.folder.run_file)
+        if self.main:
+            self.run_info.setdefault("warnings", []).append(text)
+            write_json(self.run_info, self.folder.run_file)
 
     def resume_command(self) -> str:
         """The command that continues this run, with the overrides it was started with."""
@@ -147,6 +156,8 @@ class Runner:
         return None
 
     def _finish(self, status: str, reason: str) -> None:
+        if not self.main:
+            return
         self.run_info.update(status=status, reason=reason, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         try:
             write_json(self.run_info, self.folder.run_file)
@@ -161,19 +172,23 @@ class Runner:
             self.log(f"{self.out}: already finished, skipped")
             return self.folder.metrics()
         try:
-            with self.folder.lock():
-                self._check_folder()
-                self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
-                self._log_file = self.folder.log_file.open("a")
-                self._log_file.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
+            # Only rank 0 owns the folder (lock, recipe.toml, run.json, log.txt); every rank trains.
+            with self.folder.lock() if self.main else nullcontext():
+                if self.main:
+                    self._check_folder()
+                    self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
+                    self._log_file = self.folder.log_file.open("a")
+                    self._log_file.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
                 self.run_info = {
                     "fermetric": __version__, "recipe_file": self.recipe_path, "command": " ".join(sys.argv),
                     "overrides": self.overrides, "recipe_digest": self.digest, "seed": self.seed, "device": str(self.device),
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": Status.RUNNING,
+                    "processes": self.ctx.world_size, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "status": Status.RUNNING,
                 }
-                write_json(self.run_info, self.folder.run_file)
+                if self.main:
+                    write_json(self.run_info, self.folder.run_file)
                 with _sigterm_as_interrupt():
-                    return self._run(only_fold)
+                    return run_guarded(self._run, self.ctx, only_fold)
         except KeyboardInterrupt as exc:
             if self.run_info:
                 signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
@@ -191,6 +206,7 @@ class Runner:
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
+            self.ctx.destroy()
 
     def _run(self, only_fold: int | None) -> dict[str, Any]:
         seed_everything(self.seed)
@@ -205,10 +221,14 @@ class Runner:
             check_compatible(state["meta"], self.recipe, tuple(cropper.output_size),
                              int(self.recipe["backbone"].get("in_chans", 1)), parts)
             self.init_source = (ckpt, state, sha, parts)
+        if not self.main:
+            self.ctx.barrier()  # rank 0 crops first; the others then read its crop cache
         prepared = prepare(
             dataset, cropper, self.recipe["crop"], Path(self.train_cfg["cache_dir"]),
             cropper_version=crop_component.version, description=f"cropping {dataset.name}",
         )
+        if self.main:
+            self.ctx.barrier()
         folds = make_folds(prepared, self.recipe["eval"], float(self.train_cfg["val_fraction"]), self.seed)
         all_folds = folds
         if only_fold is not None:
@@ -226,7 +246,8 @@ class Runner:
         if self.init_source is not None:
             ckpt, state, sha, parts = self.init_source
             self.run_info["init_from"] = record(ckpt, state, sha, parts)
-        write_json(self.run_info, self.folder.run_file)
+        if self.main:
+            write_json(self.run_info, self.folder.run_file)
         self._summarise_data(prepared)
         single = self.recipe["eval"]["protocol"] != "kfold"
         per_fold = [self.run_fold(prepared, fold, self.folder if single else self.folder.fold(fold.index), len(folds))
@@ -238,6 +259,8 @@ class Runner:
             per_fold = [self.folder.fold(f.index).metrics() for f in folds]
             if len(folds) < len(all_folds):
                 status = f"{Status.PARTIAL} ({len(folds)} of {len(all_folds)} folds)"
+        if not self.main:
+            return {}  # rank 0 evaluates and writes the results
         metrics = per_fold[0] if single else self._aggregate(per_fold, folds)
         metrics["synthetic_data"] = prepared.synthetic
         write_json(metrics, self.folder.metrics_file)
@@ -278,31 +301,42 @@ class Runner:
         if n_folds > 1 and folder.fold_done():
             self.log(f"fold {fold.index}: already finished, skipped")
             return folder.metrics()
-        folder.mkdir()
+        if self.main:
+            folder.mkdir()
         cfg = self.train_cfg
         fold_seed = self.seed + 1009 * fold.index
         seed_everything(fold_seed)
         model = build_model(self.host, self.recipe, len(prepared.classes)).to(self.device)
         objective, _ = build_objective(self.host, self.recipe, len(prepared.classes), model.embedding_dim)
         objective.to(self.device)
+        # N processes: metric losses see the global batch, loss-owned parameters start (and stay) equal on every rank.
+        distribute_objective(objective, self.ctx.world_size)
+        loss_modules = [t.module for t in objective.terms]
+        broadcast_parameters(loss_modules)
         dtype = amp_dtype(self.device, bool(cfg["amp"]))
         if self.init_source is not None:
             ckpt, state, _, parts = self.init_source
             loaded = load_parts(model, state, parts)
             self.log(f"initialised {len(loaded)} tensors ({parts}) from {ckpt}; new classifier for {len(prepared.classes)} classes")
         optimizer = make_optimizer([*model_groups(model, cfg), *objective.parameter_groups(float(cfg["lr"]))], cfg)
-        step = OptimizerStep(optimizer, make_scheduler(optimizer, cfg), dtype, float(cfg["grad_clip"]), model.parameters())
+        step = OptimizerStep(optimizer, make_scheduler(optimizer, cfg), dtype, float(cfg["grad_clip"]), model.parameters(),
+                             after_backward=(lambda: sync_loss_parameters(loss_modules)) if self.ctx.distributed else None)
         train_labels = prepared.labels[fold.train]
-        sampler = build_sampler(self.host, self.recipe, train_labels.tolist(), fold_seed)
+        sampler = ShardedBatchSampler(build_sampler(self.host, self.recipe, train_labels.tolist(), fold_seed),
+                                      self.ctx.rank, self.ctx.world_size)
+        # A metric-only recipe's classifier gets no gradient: DDP must be told, or it waits for one.
+        wrapped = self.ctx.wrap_model(model, find_unused_parameters=not any(t.uses_logits for t in objective.terms))
         extra, _ = build_callbacks(self.host, self.recipe)
         meta = self._meta(prepared, fold, model.embedding_dim)
         title = self._title(prepared)
+        callbacks = [*default_callbacks(int(cfg["patience"]), title, len(prepared.classes)), *extra, Checkpointer(meta)]
+        if not self.main:  # files, console and loggers are rank 0's; selection and stopping run everywhere alike
+            callbacks = [c for c in callbacks if isinstance(c, (ModelSelection, EarlyStopping, DivergenceMonitor))]
         loop = TrainLoop(
-            model=model, objective=objective, step=step, sampler=sampler,
+            model=wrapped, objective=objective, step=step, sampler=sampler, ctx=self.ctx,
             images=prepared.images[fold.train].to(self.device), labels=train_labels.to(self.device),
             device=self.device, epochs=int(cfg["epochs"]), seed=fold_seed, augment=Augment(cfg["augment"]),
-            callbacks=[*default_callbacks(int(cfg["patience"]), title, len(prepared.classes)), *extra, Checkpointer(meta)],
-            folder=folder,
+            callbacks=callbacks, folder=folder,
             val=(prepared.images[fold.val], prepared.labels[fold.val]) if len(fold.val) else None,
             classes=prepared.classes, amp_dtype=dtype, fold=fold.index, n_folds=n_folds, log=self.log, warn=self.warn,
         )
@@ -311,7 +345,12 @@ class Runner:
                 raise FermetricError(f"{folder.last_checkpoint} exists; pass --resume to continue it")
             self._restore(loop, folder, prepared, fold)
         loop.run()
-        return self._evaluate(loop.model, prepared, fold, folder, loop.best)
+        if not self.main:
+            self.ctx.barrier()  # wait while rank 0 tests: the test evaluation runs once
+            return {}
+        metrics = self._evaluate(loop.net, prepared, fold, folder, loop.best)
+        self.ctx.barrier()
+        return metrics
 
     def _restore(self, loop: TrainLoop, folder: RunFolder, prepared: Prepared, fold: Fold) -> None:
         state = load_checkpoint(folder.last_checkpoint, self.device)

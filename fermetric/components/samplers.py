@@ -77,6 +77,8 @@ class MPerClassBatchSampler(_EpochSampler):
         super().__init__(seed)
         _check_m_per_class(labels, batch_size, m)
         self.batch_size = int(batch_size)
+        # Batches are laid out class by class, m images each: what a per-process shard must keep whole (DDP).
+        self.class_block = int(m)
         self.num_batches = max(1, len(labels) // self.batch_size)
         self._sampler = MPerClassSampler(
             list(labels), m, batch_size=self.batch_size, length_before_new_iter=self.num_batches * self.batch_size

@@ -20,6 +20,7 @@ from fermetric.evaluation.metrics import classification_metrics
 from fermetric.model import FERModel, predict
 from fermetric.runfolder import RunFolder
 from fermetric.training.augment import Augment
+from fermetric.training.distributed import DistContext, unwrap
 from fermetric.training.objective import Objective
 from fermetric.training.optim import OptimizerStep
 
@@ -40,12 +41,17 @@ class TrainLoop:
     ``(seed, e)`` alone, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one.
     """
 
-    def __init__(self, *, model: FERModel, objective: Objective, step: OptimizerStep, sampler, images: torch.Tensor,
+    def __init__(self, *, model: torch.nn.Module, objective: Objective, step: OptimizerStep, sampler, images: torch.Tensor,
                  labels: torch.Tensor, device: torch.device, epochs: int, seed: int, augment: Augment,
                  callbacks: list[Callback], folder: RunFolder, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                  classes: list[str] | None = None, amp_dtype: torch.dtype | None = None, fold: int = 0, n_folds: int = 1,
-                 log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None):
-        self.model, self.objective, self.stepper, self.sampler = model, objective, step, sampler
+                 log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+                 ctx: DistContext | None = None):
+        self.ctx = ctx or DistContext()
+        # ``model`` may be DDP-wrapped (it runs the forward and reduces gradients); ``net`` is the network itself,
+        # which validation, checkpoints and callbacks use.
+        self.model, self.net = model, unwrap(model)
+        self.objective, self.stepper, self.sampler = objective, step, sampler
         self.images, self.labels, self.val, self.classes = images, labels, val, classes or []
         self.device, self.epochs, self.seed, self.augment = device, int(epochs), int(seed), augment
         self.callbacks, self.folder, self.amp_dtype = list(callbacks), folder, amp_dtype
@@ -78,8 +84,9 @@ class TrainLoop:
     def run_epoch(self, epoch: int) -> None:
         self.epoch, self.step = epoch, 0
         epoch_seed = self.seed * 100003 + epoch
-        seed_everything(epoch_seed)
-        self._gen = torch.Generator().manual_seed(epoch_seed)
+        # Each process draws its own augmentation and dropout (rank 0's stream is the single process's).
+        seed_everything(epoch_seed + 7919 * self.ctx.rank)
+        self._gen = torch.Generator().manual_seed(epoch_seed + 7919 * self.ctx.rank)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         self.model.train()
@@ -115,10 +122,15 @@ class TrainLoop:
         self.emit("on_batch_end")
 
     def validate(self) -> dict[str, float]:
-        images, labels = self.val
-        _, logits = predict(self.model, images, self.device)
-        m = classification_metrics(labels.numpy(), logits.argmax(1), self.classes)
-        return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+        """Validation scores, computed once (rank 0) and shared, so model selection and early stopping agree on
+        every process."""
+        scores = None
+        if self.ctx.is_main:
+            images, labels = self.val
+            _, logits = predict(self.net, images, self.device)
+            m = classification_metrics(labels.numpy(), logits.argmax(1), self.classes)
+            scores = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+        return self.ctx.broadcast_object(scores)
 
     # -- figures --------------------------------------------------------------------------------------------
     def running(self) -> tuple[float, float]:
@@ -127,6 +139,11 @@ class TrainLoop:
         return float(self._sums[0]) / seen, int(self._correct) / seen
 
     def _epoch_row(self, lr: float) -> dict[str, Any]:
+        if self.ctx.distributed:  # the epoch's figures over every process's batches: one all-reduce per epoch
+            totals = torch.cat([self._sums, self._correct.double().reshape(1),
+                                torch.tensor([float(self._seen)], dtype=torch.float64, device=self._sums.device)])
+            self.ctx.all_reduce_sum(totals)
+            self._sums, self._correct, self._seen = totals[:-2], totals[-2].long(), int(totals[-1])
         sums = self._sums.tolist()
         seen = max(self._seen, 1)
         if not all(np.isfinite(sums)):
@@ -146,7 +163,7 @@ class TrainLoop:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, scaler, callbacks."""
         return {
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "losses": self.objective.state_dict(),
             **self.stepper.state_dict(),
             "epoch": self.epoch,
@@ -156,7 +173,7 @@ class TrainLoop:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.objective.load_state_dict(state["losses"])
         self.stepper.load_state_dict(state)
         self.start_epoch = self.epoch = int(state["epoch"]) + 1

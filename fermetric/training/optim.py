@@ -75,8 +75,9 @@ class OptimizerStep:
     ``end_epoch()`` advances the schedule. Checkpointed through ``state_dict``."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler, dtype: torch.dtype | None, grad_clip: float = 0.0,
-                 clip_params=()):
+                 clip_params=(), after_backward=None):
         self.optimizer = optimizer
+        self.after_backward = after_backward  # e.g. averaging loss-owned parameters' gradients over processes
         self.clip_params = list(clip_params)  # the network's parameters; a loss's centres are not clipped
         self.scheduler = scheduler
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -85,6 +86,8 @@ class OptimizerStep:
     def __call__(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.after_backward is not None:
+            self.after_backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.clip_params, self.grad_clip)
