@@ -324,8 +324,14 @@ class Runner:
         train_labels = prepared.labels[fold.train]
         sampler = ShardedBatchSampler(build_sampler(self.host, self.recipe, train_labels.tolist(), fold_seed),
                                       self.ctx.rank, self.ctx.world_size)
+        # Convolutions on CUDA run fastest with NHWC tensors (Tensor Cores); the CPU keeps NCHW.
+        channels_last = bool(cfg["channels_last"]) and self.device.type == "cuda"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         # A metric-only recipe's classifier gets no gradient: DDP must be told, or it waits for one.
         wrapped = self.ctx.wrap_model(model, find_unused_parameters=not any(t.uses_logits for t in objective.terms))
+        if cfg["compile"]:
+            wrapped = torch.compile(wrapped)
         extra, _ = build_callbacks(self.host, self.recipe)
         meta = self._meta(prepared, fold, model.embedding_dim)
         title = self._title(prepared)
@@ -339,12 +345,16 @@ class Runner:
             callbacks=callbacks, folder=folder,
             val=(prepared.images[fold.val], prepared.labels[fold.val]) if len(fold.val) else None,
             classes=prepared.classes, amp_dtype=dtype, fold=fold.index, n_folds=n_folds, log=self.log, warn=self.warn,
+            channels_last=channels_last,
         )
         if folder.last_checkpoint.exists():
             if not self.resume:
                 raise FermetricError(f"{folder.last_checkpoint} exists; pass --resume to continue it")
             self._restore(loop, folder, prepared, fold)
         loop.run()
+        if self.device.type == "cuda":  # what a GPU run needs, for the next one's batch size
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.run_info["gpu_peak_memory_mb"] = round(max(peak, self.run_info.get("gpu_peak_memory_mb", 0.0)), 1)
         if not self.main:
             self.ctx.barrier()  # wait while rank 0 tests: the test evaluation runs once
             return {}

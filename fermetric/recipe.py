@@ -26,7 +26,7 @@ from .plugins import Param, PluginHost, check_value
 # Keys of a component table that the engine reads itself; they are not passed to the component's factory.
 ENGINE_KEYS = {
     "data": {"name"},
-    "crop": {"name", "on_no_face", "cache"},
+    "crop": {"name", "on_no_face", "cache", "color"},
     "backbone": {"name"},
     "loss": {"name", "weight", "lr", "miner"},
 }
@@ -45,6 +45,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "dropout": ((int, float), 0.0),
         "init_from": ((str,), ""),
         "init_parts": ((str,), "backbone+embedding"),
+        "normalization": ((str,), "minus_one_to_one"),
     },
     "train": {
         "epochs": ((int,), 10),
@@ -67,6 +68,10 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "grad_clip": ((int, float), 0.0),
         "backbone_lr_mult": ((int, float), 1.0),
         "freeze_backbone_epochs": ((int,), 0),
+        "store": ((str,), "auto"),
+        "workers": ((int,), 0),
+        "compile": ((bool,), False),
+        "channels_last": ((bool,), True),
     },
     "eval": {
         "protocol": ((str,), "holdout"),
@@ -97,6 +102,9 @@ CHOICES = {
     ("eval", "protocol"): ("holdout", "split", "kfold"),
     ("eval", "tta"): ("none", "flip", "ten_crop"),
     ("crop", "on_no_face"): ("fallback", "skip", "error"),
+    ("crop", "color"): ("gray", "rgb"),
+    ("model", "normalization"): ("minus_one_to_one", "imagenet"),
+    ("train", "store"): ("auto", "memory", "mmap"),
 }
 
 # Allowed ranges of the engine's numbers: (low, high, low inclusive, high inclusive); None is unbounded.
@@ -114,6 +122,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
     ("train", "grad_clip"): (0, None, True, True),
     ("train", "backbone_lr_mult"): (0, None, True, True),
     ("train", "freeze_backbone_epochs"): (0, None, True, True),
+    ("train", "workers"): (0, None, True, True),
     ("train", "seed"): (0, 2**63 - 1, True, True),
     ("eval", "test_fraction"): (0, 1, False, False),
     ("eval", "folds"): (2, None, True, True),
@@ -511,6 +520,9 @@ def _validate(recipe: dict[str, Any], host: PluginHost, check_paths: bool) -> di
     crop_choice = recipe["crop"].get("on_no_face")
     if crop_choice not in CHOICES[("crop", "on_no_face")]:
         raise RecipeError(f"crop.on_no_face = {crop_choice!r}: expected one of {', '.join(CHOICES[('crop', 'on_no_face')])}")
+    color = recipe["crop"].get("color", "gray")  # absent means gray: recipes (and digests) from before colour hold
+    if color not in CHOICES[("crop", "color")]:
+        raise RecipeError(f"crop.color = {color!r}: expected one of {', '.join(CHOICES[('crop', 'color')])}")
     if "name" not in recipe["crop"]:
         recipe["crop"]["name"] = "full_face"
     for section in COMPONENT_SECTIONS:

@@ -46,8 +46,10 @@ class TrainLoop:
                  callbacks: list[Callback], folder: RunFolder, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                  classes: list[str] | None = None, amp_dtype: torch.dtype | None = None, fold: int = 0, n_folds: int = 1,
                  log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
-                 ctx: DistContext | None = None):
+                 ctx: DistContext | None = None, channels_last: bool = False):
         self.ctx = ctx or DistContext()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.loader = None  # set to an iterable of (images, labels) batches to read from a store instead of ``images``
         # ``model`` may be DDP-wrapped (it runs the forward and reduces gradients); ``net`` is the network itself,
         # which validation, checkpoints and callbacks use.
         self.model, self.net = model, unwrap(model)
@@ -94,10 +96,18 @@ class TrainLoop:
         self._sums = torch.zeros(1 + len(self.objective.terms), device=self.device, dtype=torch.float64)
         self._correct = torch.zeros((), device=self.device, dtype=torch.long)
         self._seen = 0
+        self._data_s = 0.0
         self._t0 = time.perf_counter()
         self.emit("on_epoch_start")
-        for batch in self.sampler:
-            self.run_iter(batch)
+        batches = iter(self.batches_of_epoch())
+        while True:
+            t_wait = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            self._data_s += time.perf_counter() - t_wait  # host time waiting for the batch (no device sync)
+            self.run_iter(x, y)
         lr = self.stepper.lr
         self.stepper.end_epoch()
         self.row = self._epoch_row(lr)
@@ -105,16 +115,24 @@ class TrainLoop:
             self.row |= self.validate()
         self.emit("on_epoch_end")
 
-    def run_iter(self, batch) -> None:
-        idx = torch.as_tensor(batch, device=self.images.device)
-        x = self.images[idx].to(self.device, non_blocking=True)
-        y = self.labels[idx].to(self.device, non_blocking=True)
-        x = self.augment(FERModel.normalize(x), self._gen)
+    def batches_of_epoch(self):
+        """(uint8 images, labels) on the device, batch by batch in the sampler's order. Crops held on the device are
+        indexed there; a :attr:`loader` (a DataLoader over a memory-mapped store) is used when one is set."""
+        if self.loader is not None:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            return
+        for batch in self.sampler:
+            idx = torch.as_tensor(batch, device=self.images.device)
+            yield self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+
+    def run_iter(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = self.augment(FERModel.normalize(x), self._gen).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             embeddings, logits = self.model(x)
         total, parts = self.objective(embeddings, logits, y)
         self.stepper(total)
-        n = len(batch)
+        n = len(y)
         self._sums += torch.stack([total.detach(), *(p.detach() for p in parts)]).double() * n
         self._correct += (logits.detach().argmax(1) == y).sum()
         self._seen += n
@@ -156,7 +174,8 @@ class TrainLoop:
         row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": sums[0] / seen}
         row |= {f"loss_{name}": v / seen for name, v in zip(self.objective.labels, sums[1:])}
         row |= {"train_accuracy": int(self._correct) / seen, "seconds": round(seconds, 3),
-                "images_per_s": round(self._seen / seconds, 1) if seconds > 0 else 0.0}
+                "images_per_s": round(self._seen / seconds, 1) if seconds > 0 else 0.0,
+                "data_seconds": round(self._data_s, 3)}
         return row
 
     # -- checkpointing --------------------------------------------------------------------------------------
