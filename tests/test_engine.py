@@ -191,6 +191,7 @@ def test_one_fold_of_kfold_is_a_partial_run_and_repeated_losses_get_own_columns(
     run = RunFolder(out).run_info()
     assert run["status"] == "partial (1 of 3 folds)" and len(run["folds"]) == 3
     assert RunFolder(out).metrics()["folds"] == [1]
+    assert RunFolder(out).metrics()["accuracy_std"] is None, "one fold has no spread to report, not a std of 0"
     assert {"loss_emlf_1", "loss_emlf_2", "loss_cross_entropy"} <= set(RunFolder(out).fold(1).history()[0])
     engine.run_recipe(QUICKSTART, str(out), overrides, fold=0, resume=True)
     assert RunFolder(out).metrics()["folds"] == [0, 1]

@@ -61,8 +61,8 @@ def aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over folds of every number in the fold metrics (nested keys dotted).
 
     None (a class's recall in a fold without it) and NaN are missing values: the mean and std are over the folds
-    that have the number (``n`` of them); a key no fold has a number for gets mean and std None, and one only a
-    single fold of several has gets std None.
+    that have the number (``n`` of them); a key no fold has a number for gets mean and std None, and one with a
+    single value (one fold run, or only one fold of several has it) gets std None: there is no spread to report.
     """
     flat = [_flatten(m) for m in per_fold]
     keys = [k for k in flat[0] if all(_is_number(f.get(k)) or f.get(k) is None for f in flat)
@@ -72,10 +72,8 @@ def aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([math.nan if f[key] is None else f[key] for f in flat], dtype=float)
         finite = values[~np.isnan(values)]
         mean = float(finite.mean()) if len(finite) else None
-        if len(finite) > 1:
-            std = float(finite.std(ddof=1))
-        else:  # one fold in all: 0.0 as before; one of several folds has it: no spread to report
-            std = 0.0 if len(finite) == len(values) == 1 else None
+        # A spread needs two values: one fold (--fold K) has none to report, not a spread of 0.
+        std = float(finite.std(ddof=1)) if len(finite) > 1 else None
         out[key] = {"mean": mean, "std": std, "values": [None if math.isnan(v) else v for v in values.tolist()],
                     "n": int(len(finite))}
     return out
