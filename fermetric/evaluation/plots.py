@@ -81,7 +81,7 @@ def plot_curves(rows: list[dict[str, str]], path: Path, title: str = "") -> None
         if key in rows[0]:
             ax_acc.plot(epochs, column(key), label=label, linewidth=1.5, linestyle="-" if key == "val_accuracy" else "--")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel("accuracy (macro-F1 dashed)")
     ax_acc.set_ylim(0, 1)
     ax_acc.legend(fontsize=8)
     for ax in (ax_loss, ax_acc):
