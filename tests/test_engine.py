@@ -13,9 +13,8 @@ from PIL import Image
 
 import fermetric
 from fermetric import engine
-from fermetric.contracts import Callback
-from fermetric.plugins import PluginHost
 from fermetric.runfolder import RunFolder
+from tests.callbacks import armed, host_with_test_callbacks
 from fermetric.errors import FermetricError
 
 QUICKSTART = "recipes/quickstart.toml"
@@ -72,41 +71,15 @@ def test_existing_run_folder_needs_resume(tmp_path, tiny_overrides):
         engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=2"], resume=True)
 
 
-class KillAt(Callback):
-    """While ``armed``, raises KeyboardInterrupt at the end of epoch ``epoch`` (1-based), after the history row is
-    written and before the checkpointer (always last) saves it: the worst moment for a resume to be exact. The
-    switch lives outside the recipe so that the resumed run's recipe is the one in the folder."""
-
-    armed = False
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, loop):
-        if KillAt.armed and loop.epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
-
-
-class KillPlugin:
-    @fermetric.hookimpl
-    def register_callbacks(self, register):
-        register("kill_at", KillAt)
-
-
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_overrides):
     overrides = tiny_overrides + ["train.epochs=3", "eval.knn=true"]
     straight, _ = engine.run_recipe(QUICKSTART, str(tmp_path / "straight"), overrides)
 
-    host = PluginHost(entry_points=False)
-    host.add_plugin(KillPlugin(), "kill")
+    host = host_with_test_callbacks()
     out = RunFolder(tmp_path / "resumed")
     killer = overrides + ['callback.0.name="kill_at"', "callback.0.epoch=3"]
-    KillAt.armed = True
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            engine.run_recipe(QUICKSTART, str(out.root), killer, host=host)
-    finally:
-        KillAt.armed = False
+    with armed(), pytest.raises(KeyboardInterrupt):
+        engine.run_recipe(QUICKSTART, str(out.root), killer, host=host)
     assert out.status() == "interrupted"
     assert torch.load(out.last_checkpoint, weights_only=True)["epoch"] == 1
     assert len(out.history()) == 3, "the killed epoch's history row was written before the kill"

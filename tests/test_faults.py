@@ -27,6 +27,7 @@ from fermetric.contracts import Callback
 from fermetric.errors import FermetricError, RecipeError
 from fermetric.plugins import PluginHost, get_host
 from fermetric.runfolder import RunFolder
+from tests.callbacks import armed, host_with_test_callbacks
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = "recipes/quickstart.toml"
@@ -115,33 +116,12 @@ def test_fuzzed_recipe_values_are_accepted_or_a_recipe_error(key, value):
 
 
 # -- faults ---------------------------------------------------------------------------------------------------
-class KillAt(Callback):
-    """Raises KeyboardInterrupt at the end of epoch ``epoch`` (1-based) while armed (the switch lives outside the
-    recipe, so the resumed run's recipe is the one in the folder)."""
-
-    armed = False
-
-    def __init__(self, epoch: int = 2):
-        self.epoch = epoch
-
-    def on_epoch_end(self, loop):
-        if KillAt.armed and loop.epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
-
-
-class FaultPlugin:
-    @fermetric.hookimpl
-    def register_callbacks(self, register):
-        register("kill_at", KillAt)
-
-
 @pytest.fixture
 def host(monkeypatch):
     """A plugin host with the fault callbacks, also the one the CLI gets (the commands call get_host())."""
     import fermetric.plugins
 
-    host = PluginHost(entry_points=False)
-    host.add_plugin(FaultPlugin(), "faults")
+    host = host_with_test_callbacks()
     monkeypatch.setattr(fermetric.plugins, "get_host", lambda refresh=False: host)
     monkeypatch.setattr(engine, "get_host", lambda refresh=False: host)
     return host
@@ -151,12 +131,8 @@ def _killed_run(tmp_path, host, epochs=3, kill=2):
     out = RunFolder(tmp_path / "run")
     overrides = TINY + [f"train.epochs={epochs}", f'train.cache_dir="{tmp_path / "c"}"', 'callback.0.name="kill_at"',
                         f"callback.0.epoch={kill}"]
-    KillAt.armed = True
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            engine.run_recipe(QUICKSTART, str(out.root), overrides, host=host)
-    finally:
-        KillAt.armed = False
+    with armed(), pytest.raises(KeyboardInterrupt):
+        engine.run_recipe(QUICKSTART, str(out.root), overrides, host=host)
     return out, overrides
 
 
