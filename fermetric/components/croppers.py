@@ -1,8 +1,10 @@
 """fermetric's built-in croppers: the whole face (``full_face``) and the paper's partial image (``au_partial``).
 
 A cropper is built from its recipe table (``factory(**params)``; the keyword parameters of ``__init__`` are
-the recipe parameters) and called on a :class:`~fermetric.contracts.FaceImage`; it returns a uint8 grayscale array
-of exactly ``output_size`` (height, width) or raises :class:`~fermetric.errors.NoFace`. What happens to an
+the recipe parameters) and called on a :class:`~fermetric.contracts.FaceImage`; it returns a uint8 array of exactly
+``output_size`` (height, width) or raises :class:`~fermetric.errors.NoFace`: (H, W) gray for a gray image, (H, W, 3)
+RGB for a colour one (``crop.color = "rgb"``: the pipeline hands RGB pixels; the landmark and face detectors
+still see a gray copy, every warp is applied to the three channels alike). What happens to an
 image that raises is the engine's ``crop.on_no_face`` policy, not the cropper's business.
 
 Geometry: every crop is a single affine warp from the original image (rotation onto the eye line, then the
@@ -55,6 +57,18 @@ FITS = ("grow", "stretch")
 class CropperParamError(RecipeError, ValueError):
     """A cropper parameter has a value the cropper cannot use (a RecipeError for the CLI, a ValueError for
     code that builds croppers directly)."""
+
+
+def _pixels(image: np.ndarray) -> np.ndarray:
+    """The pixels a crop is cut from: (H, W, 3) uint8 for a colour image (alpha dropped), else 2-D gray, exactly
+    as before colour support (:func:`~fermetric.contracts.to_gray`)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = image[:, :, :3]
+        if image.dtype != np.uint8:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(image)
+    return to_gray(image)
 
 
 def _check_common(landmarks: str, size: int) -> None:
@@ -139,7 +153,7 @@ class FullFaceCropper:
         )
 
     def __call__(self, face: FaceImage) -> np.ndarray:
-        image = to_gray(face.image)
+        image = _pixels(face.image)
         if self.landmarks == "template":
             return resize(image, self.size, self.size)
         if self.landmarks == "haar":
@@ -276,14 +290,14 @@ class AUPartialCropper:
         return [(tops[i // cols], lefts[i % cols], heights[i // cols], widths[i % cols]) for i in range(n)]
 
     def __call__(self, face: FaceImage) -> np.ndarray:
-        image = to_gray(face.image)
+        image = _pixels(face.image)
         pts = self._landmarks(face)
         # template and haar have no measured eye line to align on
         align = self.align and self.landmarks in ("dlib", "dataset")
         to_frame, boxes = self.region_boxes(pts, align)
         frame_to_image = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))[:2]
-        img_h, img_w = image.shape
-        out = np.zeros(self.output_size, dtype=np.uint8)
+        img_h, img_w = image.shape[:2]
+        out = np.zeros(self.output_size + image.shape[2:], dtype=np.uint8)
         for name, box, (top, left, h, w) in zip(self.regions, boxes, self.tiles):
             if self.fit == "grow":
                 box = _grow_to_aspect(box, w / h)

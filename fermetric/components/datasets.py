@@ -219,17 +219,22 @@ def _read_subjects(path: Path) -> dict[str, str]:
     return mapping
 
 
-def synthetic_dataset(subjects: int = 24, per_class: int = 5, size: int = 48, seed: int = 0) -> FaceDataset:
+def synthetic_dataset(subjects: int = 24, per_class: int = 5, size: int = 48, seed: int = 0,
+                      color: bool = False) -> FaceDataset:
     """Procedurally drawn faces (see :mod:`fermetric.components.synthetic`): no download, known landmarks and subjects.
+
+    ``color``: RGB faces (a colour set for ``crop.color = "rgb"``); gray by default. Their keys differ from the gray
+    faces' (``synthetic/<seed>/rgb/<n>``), so the two never share a crop-cache row.
 
     Everything trained on it is labelled SYNTHETIC in the run's outputs: it shows the toolkit works, not
     how well a model recognises real expressions.
     """
     from . import synthetic
 
-    faces = synthetic.generate(n_subjects=subjects, per_class=per_class, size=size, seed=seed)
+    faces = synthetic.generate(n_subjects=subjects, per_class=per_class, size=size, seed=seed, color=bool(color))
+    prefix = f"synthetic/{seed}/rgb/" if color else f"synthetic/{seed}/"
     samples = [
-        Sample(key=f"synthetic/{seed}/{i:05d}", label=f.label, subject=f.subject, image=f.image, landmarks=f.landmarks)
+        Sample(key=f"{prefix}{i:05d}", label=f.label, subject=f.subject, image=f.image, landmarks=f.landmarks)
         for i, f in enumerate(faces)
     ]
     return FaceDataset("synthetic", list(synthetic.CLASSES), samples, synthetic=True)

@@ -29,6 +29,11 @@ in a cropper (exact), not ``"template"`` (which assumes the CK+48 framing).
 
 Deterministic: the same arguments give byte-identical images, and a subject's identity depends only on
 ``seed`` and its index (adding subjects does not change the others). About 1 ms per 48x48 image.
+
+``color=True`` gives (H, W, 3) RGB faces: the same drawing, coloured through a per-subject lookup table (a warm
+skin tone around the subject's skin value, a background/hair hue elsewhere, each of luma ~1 so a gray
+conversion gives back about the gray face). The gray faces are unchanged by it (the colours come from their own
+random stream).
 """
 
 from __future__ import annotations
@@ -464,11 +469,31 @@ def _render(label: str, ident: _Identity, rng: np.random.Generator, size: int, t
     return image, lm, intensity
 
 
-def generate(n_subjects: int = 24, per_class: int = 5, size: int = 48, seed: int = 0) -> list[SyntheticFace]:
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _unit_luma(gain: np.ndarray) -> np.ndarray:
+    return gain / float(_LUMA @ gain)
+
+
+def colour_table(ident_skin: float, rng: np.random.Generator) -> np.ndarray:
+    """A (256, 3) uint8 lookup table gray -> RGB for one subject: a warm skin tint near ``ident_skin``, a random
+    hue (background, hair) away from it; both gains have luma 1."""
+    skin_gain = _unit_luma(np.array([1.0, rng.uniform(0.72, 0.9), rng.uniform(0.5, 0.75)]))
+    other_gain = _unit_luma(rng.uniform(0.45, 1.0, size=3))
+    g = np.arange(256, dtype=np.float64)
+    w = np.exp(-(((g - ident_skin) / 45.0) ** 2))[:, None]
+    rgb = g[:, None] * (w * skin_gain + (1 - w) * other_gain)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def generate(n_subjects: int = 24, per_class: int = 5, size: int = 48, seed: int = 0,
+             color: bool = False) -> list[SyntheticFace]:
     """``n_subjects * len(CLASSES) * per_class`` drawn faces, ordered by subject, then class, then repeat.
 
     Subject ``i`` is named ``synth_s{i:02d}``; its identity depends only on ``(seed, i)`` and each image's
     randomness only on ``(seed, i, class, repeat)``, so the same arguments give byte-identical images.
+    ``color``: (H, W, 3) RGB faces (see the module docstring) instead of (H, W) gray.
     """
     from fermetric.components.landmarks import TEMPLATE_68
 
@@ -479,11 +504,14 @@ def generate(n_subjects: int = 24, per_class: int = 5, size: int = 48, seed: int
     faces = []
     for si in range(n_subjects):
         ident = _identity(np.random.default_rng([seed, si, 0]))
+        lut = colour_table(ident.skin, np.random.default_rng([seed, si, 0, 1])) if color else None
         subject = f"synth_s{si:02d}"
         for ci, label in enumerate(CLASSES):
             for r in range(per_class):
                 rng = np.random.default_rng([seed, si, 1 + ci, r])
                 image, lm, intensity = _render(label, ident, rng, size, TEMPLATE_68)
+                if lut is not None:
+                    image = lut[image]
                 faces.append(SyntheticFace(image=image, landmarks=lm, label=label, subject=subject,
                                            intensity=intensity))
     return faces

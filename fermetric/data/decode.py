@@ -1,6 +1,6 @@
-"""Image files to grayscale uint8 pixels, with every way a file can be bad turned into one outcome.
+"""Image files to grayscale (or RGB) uint8 pixels, with every way a file can be bad turned into one outcome.
 
-:func:`decode` returns a 2-D ``uint8`` array or raises :class:`UnreadableImage` (a :class:`FermetricError` and a
+:func:`decode_bytes` returns a 2-D ``uint8`` array (``color="rgb"``: an (H, W, 3) one) or raises :class:`UnreadableImage` (a :class:`FermetricError` and a
 ``ValueError``) whose ``reason`` is a short category, counted in the run summary, and whose message names the
 file. Nothing else escapes it, whatever the bytes are.
 
@@ -22,6 +22,11 @@ From a mode to 8-bit gray (the whole pipeline is grayscale):
   range [min, max] of the finite values is mapped linearly onto [0, 255]. NaN becomes 0, +/-inf the ends.
 * 32-bit integer (``I``): the actual range [min, max] mapped onto [0, 255] (as floats outside [0, 1]).
 * A constant image that needs range scaling (no contrast to scale) becomes 0.
+
+To RGB (``crop.color = "rgb"``, :func:`image_to_rgb8`, :func:`array_to_rgb8`): colour modes (``RGB``, ``RGBA``,
+``P``, ``PA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ...) through Pillow's conversion to ``RGB`` (palettes looked
+up, alpha ignored as above); gray modes (``1``, ``L``, ``LA``, 16-bit, float, 32-bit integer) by the gray rules
+above, the gray value repeated in the three channels.
 
 Truncated or corrupt files are unreadable (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left to its default, off).
 Animated files give their first frame; EXIF orientation is applied when present and readable.
@@ -109,8 +114,14 @@ def read_image_bytes(path: Path | str) -> bytes:
         os.close(fd)
 
 
-def decode_bytes(data: bytes, path: object = "<bytes>") -> np.ndarray:
-    """Grayscale uint8 pixels of an encoded image (PNG, JPEG, TIFF, BMP, ...); ``path`` names it in errors."""
+COLORS = ("gray", "rgb")
+
+
+def decode_bytes(data: bytes, path: object = "<bytes>", color: str = "gray") -> np.ndarray:
+    """Grayscale uint8 pixels (H, W) of an encoded image (PNG, JPEG, TIFF, BMP, ...), or (H, W, 3) RGB ones with
+    ``color="rgb"``; ``path`` names it in errors."""
+    if color not in COLORS:
+        raise ValueError(f"color = {color!r}: expected one of {', '.join(COLORS)}")
     if not data:
         raise UnreadableImage(path, "empty file")
     try:
@@ -130,7 +141,7 @@ def decode_bytes(data: bytes, path: object = "<bytes>") -> np.ndarray:
                     im = ImageOps.exif_transpose(im)
                 except Exception:  # a malformed EXIF block: keep the pixels as stored
                     pass
-                return image_to_gray8(im)
+                return image_to_rgb8(im) if color == "rgb" else image_to_gray8(im)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -145,9 +156,9 @@ def decode_bytes(data: bytes, path: object = "<bytes>") -> np.ndarray:
         raise UnreadableImage(path, reason, f"{type(exc).__name__}: {text}") from None
 
 
-def decode_file(path: Path | str) -> np.ndarray:
-    """Grayscale uint8 pixels of an image file, or :class:`UnreadableImage`."""
-    return decode_bytes(read_image_bytes(path), path)
+def decode_file(path: Path | str, color: str = "gray") -> np.ndarray:
+    """Grayscale (or, ``color="rgb"``, RGB) uint8 pixels of an image file, or :class:`UnreadableImage`."""
+    return decode_bytes(read_image_bytes(path), path, color)
 
 
 def image_to_gray8(im: Image.Image) -> np.ndarray:
@@ -169,6 +180,44 @@ def image_to_gray8(im: Image.Image) -> np.ndarray:
         except Exception as exc:
             raise UnreadableImage(getattr(im, "filename", "") or "<image>", "unsupported mode", f"{mode}: {exc}") from None
     return np.ascontiguousarray(np.asarray(gray), dtype=np.uint8)
+
+
+# Modes whose pixels are gray values: converted by the gray rules, then repeated in three channels.
+_GRAY_MODES = ("1", "L", "LA", "La", "F", "I", "I;32", "I;32L", "I;32B", "I;32S", *_SIXTEEN_BIT)
+
+
+def image_to_rgb8(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as (H, W, 3) uint8 RGB, by the rules in the module docstring."""
+    if im.mode in _GRAY_MODES:
+        return gray_to_rgb(image_to_gray8(im))
+    try:
+        rgb = im.convert("RGB")
+    except Exception:
+        try:
+            rgb = im.convert("RGBA").convert("RGB")
+        except Exception as exc:
+            raise UnreadableImage(getattr(im, "filename", "") or "<image>", "unsupported mode",
+                                  f"{im.mode}: {exc}") from None
+    return np.ascontiguousarray(np.asarray(rgb), dtype=np.uint8)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (H, W, 3), the value repeated."""
+    return np.ascontiguousarray(np.repeat(np.asarray(gray)[:, :, None], 3, axis=2))
+
+
+def array_to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Already decoded pixels as (H, W, 3) uint8 RGB: (H, W) gray repeated, (H, W, 3) RGB, (H, W, 4) RGBA (alpha
+    ignored); other dtypes by the rules of :func:`array_to_gray8` (floats scaled over the whole image, so the
+    channels keep their balance)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return gray_to_rgb(_to_uint8(image))
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"an image must be (H, W) or (H, W, 3|4), got shape {image.shape}")
+    return np.ascontiguousarray(_to_uint8(image[:, :, :3]))
 
 
 def array_to_gray8(image: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""From a dataset's sample list to one in-memory tensor of crops: decode once, crop once, cache on disk.
+"""From a dataset's sample list to the crops a run trains on: decode once, crop once, cache on disk.
 
 Crops are cached in one SQLite file per cache folder, keyed by the image's content and the cropper's name and
 parameters, so a second run (or another recipe with the same crop) never decodes or detects again. A file
@@ -7,6 +7,13 @@ as outside the data folder: the rules are in :mod:`fermetric.data.decode`) is re
 and skipped; a face the cropper cannot find follows ``crop.on_no_face`` ("fallback" to the whole image, "skip",
 or "error"). Both are counted in the run summary; :func:`summary_lines` words the unreadable ones for a
 console. A damaged cache file stops the run saying to delete it; a damaged cache row is recomputed.
+
+Where the crops live (``store``, the recipe's ``train.store``): ``memory`` (one uint8 tensor in RAM, from the
+SQLite cache as above), ``mmap`` (a crop store on disk, :mod:`fermetric.data.store`: one array file per dataset x
+cropper x colour, read in rows, so resident memory stays bounded whatever the dataset's size), or ``auto``
+(``mmap`` when the crops would take more than :data:`AUTO_MMAP_BYTES`, else ``memory``). Both give the same crops,
+bit for bit. ``crop.color``: ``gray`` (default, (N, 1, H, W)) or ``rgb`` ((N, 3, H, W), decoded and cropped in
+colour).
 """
 
 from __future__ import annotations
@@ -24,19 +31,28 @@ import numpy as np
 import torch
 
 from fermetric.contracts import FaceDataset, FaceImage, Sample, load_landmarks_file
-from fermetric.data.decode import REFUSED, UnreadableImage, array_to_gray8, decode_bytes, read_image_bytes
+from fermetric.data.decode import (COLORS, REFUSED, UnreadableImage, array_to_gray8, array_to_rgb8, decode_bytes,
+                                   read_image_bytes)
+from fermetric.data.store import STORES_DIR, CropArray, StoreWriter, open_or_build, store_key
 from fermetric.errors import FermetricError, NoFace
 from fermetric.progress import progress_bar
 
 # Bump when the way crops are computed changes, so old cache entries are not reused.
 CACHE_FORMAT = 3  # 3: 16-bit and float images scaled, not clipped (fermetric.data.decode)
+STORES = ("auto", "memory", "mmap")
+# store = "auto" keeps crops in memory up to this many bytes (N x C x H x W), in a memory-mapped store above:
+# FER2013 at 48 px (83 MB), at 96 px (330 MB) or RAF-DB at 112 px RGB (560 MB) stay in memory; AffectNet at
+# 112 px RGB (11 GB) goes to disk. Building the in-memory tensor briefly needs about twice this.
+AUTO_MMAP_BYTES = 1 << 30
 
 
 @dataclass
 class Prepared:
-    """Crops ready for training: ``images`` (N, 1, H, W) uint8 and ``labels`` (N,) class ids."""
+    """Crops ready for training: ``images`` (N, C, H, W) uint8 (a tensor in memory, or a
+    :class:`~fermetric.data.store.CropArray` on disk, which indexes into tensors the same way) and ``labels`` (N,)
+    class ids."""
 
-    images: torch.Tensor
+    images: torch.Tensor | CropArray
     labels: torch.Tensor
     samples: list[Sample]
     classes: list[str]
@@ -44,23 +60,24 @@ class Prepared:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def decode(sample: Sample, data: bytes | None = None) -> np.ndarray:
-    """Grayscale uint8 pixels of a sample, or :class:`~fermetric.data.decode.UnreadableImage` (the only error,
-    whatever the file holds; the rules for bombs, bit depths, modes and non-regular files are in
-    :mod:`fermetric.data.decode`). ``data``: the file's bytes when the caller has read them already."""
+def decode(sample: Sample, data: bytes | None = None, color: str = "gray") -> np.ndarray:
+    """Grayscale uint8 pixels (H, W) of a sample, or (H, W, 3) RGB ones with ``color="rgb"``, or
+    :class:`~fermetric.data.decode.UnreadableImage` (the only error, whatever the file holds; the rules for
+    bombs, bit depths, modes and non-regular files are in :mod:`fermetric.data.decode`). ``data``: the file's
+    bytes when the caller has read them already."""
     refused = sample.meta.get(REFUSED) if sample.meta else None
     if refused:
         raise UnreadableImage(sample.key, *_split_reason(refused))
     if sample.image is not None:
         try:
-            return array_to_gray8(sample.image)
+            return array_to_rgb8(sample.image) if color == "rgb" else array_to_gray8(sample.image)
         except ValueError as exc:
             raise UnreadableImage(sample.key, "bad pixels", str(exc)) from None
     if sample.path is None:
         raise UnreadableImage(sample.key, "no file", "the sample has neither pixels nor a path")
     if data is None:
         data = read_image_bytes(sample.path)
-    return decode_bytes(data, sample.key)
+    return decode_bytes(data, sample.key, color)
 
 
 def _split_reason(text: str) -> tuple[str, str]:
@@ -82,7 +99,9 @@ def face_of(sample: Sample, image: np.ndarray) -> FaceImage:
 
 
 def cropper_key(crop_table: dict[str, Any], version: str | None) -> str:
-    spec = {k: v for k, v in crop_table.items() if k not in ("on_no_face", "cache")}
+    # color = "gray" is left out, so gray crops cached before colour existed are still found.
+    spec = {k: v for k, v in crop_table.items()
+            if k not in ("on_no_face", "cache") and not (k == "color" and v == "gray")}
     blob = json.dumps({"crop": spec, "plugin_version": version, "format": CACHE_FORMAT}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -95,10 +114,11 @@ class CropCache:
     ``size``, an unknown status) is a cache miss: recomputed and rewritten, never used.
     """
 
-    def __init__(self, folder: Path | None, size: tuple[int, int] | None = None):
+    def __init__(self, folder: Path | None, size: tuple[int, int] | None = None, channels: int = 1):
         self.db = None
         self.pending = 0
         self.size = tuple(size) if size is not None else None
+        self.channels = int(channels)  # 3: rows hold (h, w, 3) RGB crops (their keys say rgb: never mixed with gray)
         self.path = Path(folder) / "crops.sqlite" if folder is not None else None
         self.damaged_rows = 0
         if folder is not None:
@@ -146,11 +166,13 @@ class CropCache:
             return None
         status, h, w, data = row
         if status == "ok":
+            c = self.channels
             if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and isinstance(data, bytes)
-                    and len(data) == h * w and (self.size is None or (h, w) == self.size)):
+                    and len(data) == h * w * c and (self.size is None or (h, w) == self.size)):
                 self.damaged_rows += 1
                 return None
-            return status, np.frombuffer(data, dtype=np.uint8).reshape(h, w).copy()
+            pixels = np.frombuffer(data, dtype=np.uint8)
+            return status, (pixels.reshape(h, w) if c == 1 else pixels.reshape(h, w, c)).copy()
         if isinstance(status, str) and status.startswith("noface:"):
             return status, None
         self.damaged_rows += 1
@@ -159,7 +181,7 @@ class CropCache:
     def put(self, key: str, status: str, crop: np.ndarray | None) -> None:
         if self.db is None:
             return
-        h, w = crop.shape if crop is not None else (0, 0)
+        h, w = crop.shape[:2] if crop is not None else (0, 0)
         try:
             self.db.execute(
                 "INSERT OR REPLACE INTO crops VALUES (?, ?, ?, ?, ?)",
@@ -234,16 +256,94 @@ def prepare(
     cache_dir: Path | None,
     cropper_version: str | None = None,
     description: str = "cropping",
+    store: str = "auto",
+    log: Any = None,
 ) -> Prepared:
-    """Decode and crop every sample once (or read the crops from the cache).
+    """Decode and crop every sample once (or read the crops from the cache or the crop store).
+
+    ``store``: ``memory``, ``mmap`` or ``auto`` (see the module docstring); ``mmap`` needs ``cache_dir`` and
+    ``crop.cache``. ``crop_table["color"]``: ``gray`` (default) or ``rgb``. ``log``: a callable for a line of
+    news (waiting for another process building the same store).
 
     The report's ``unreadable_files`` lists ``{"file", "reason", "error"}`` per file left out (``reason`` a short
-    category, counted in ``unreadable_by_reason``); :func:`summary_lines` words it for a console.
+    category, counted in ``unreadable_by_reason``); :func:`summary_lines` words it for a console. ``store`` in the
+    report says where the crops are (``memory``, or ``mmap`` with the store's folder and whether it was built).
     """
+    color = crop_table.get("color", "gray")
+    if color not in COLORS:
+        raise FermetricError(f"crop.color = {color!r}: expected one of {', '.join(COLORS)}")
+    if store not in STORES:
+        raise FermetricError(f"train.store = {store!r}: expected one of {', '.join(STORES)}")
+    cached = cache_dir is not None and crop_table.get("cache", True)
+    if store == "mmap" and not cached:
+        raise FermetricError("train.store = \"mmap\" keeps the crops in train.cache_dir: it needs crop.cache = true")
+    if store == "auto":
+        height, width = cropper.output_size
+        in_classes = sum(1 for s in dataset.samples if s.label in set(dataset.classes))
+        need = in_classes * height * width * (3 if color == "rgb" else 1)
+        store = "mmap" if cached and need > AUTO_MMAP_BYTES else "memory"
+    if store == "mmap":
+        return _prepare_mmap(dataset, cropper, crop_table, Path(cache_dir), cropper_version, description, color, log)
+    return _prepare_memory(dataset, cropper, crop_table, cache_dir, cropper_version, description, color)
+
+
+def _channels(color: str) -> int:
+    return 3 if color == "rgb" else 1
+
+
+def _crop_sample(sample: Sample, data: bytes | None, key: str, cache: CropCache, cropper: Any,
+                 crop_table: dict[str, Any], size: tuple[int, int], color: str, write: bool = True):
+    """(status, crop or None, decoded image or None, cache hit) of one sample; decoding errors propagate (the
+    caller counts the file unreadable); a cropper that breaks stops the run."""
+    cached = cache.get(key)
+    if cached is not None:
+        status, crop = cached
+        return status, crop, None, True
+    image = decode(sample, data, color)
+    try:
+        crop = _checked(cropper(face_of(sample, image)), size, crop_table, color)
+        status = "ok"
+    except NoFace as exc:
+        crop, status = None, f"noface:{exc}"
+    except FermetricError:
+        raise
+    except Exception as exc:
+        raise FermetricError(
+            f"cropper {crop_table.get('name')!r} failed on {sample.key}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if write:
+        cache.put(key, status, crop)
+    return status, crop, image, False
+
+
+def _reraise_cropper_error(exc: BaseException) -> None:
+    """A FermetricError from the cropper (some are ValueErrors too) stops the run; decoding errors do not."""
+    if isinstance(exc, FermetricError) and not isinstance(exc, UnreadableImage):
+        raise exc
+
+
+def _fallback(sample: Sample, data: bytes | None, image: np.ndarray | None, size: tuple[int, int], color: str) -> np.ndarray:
+    """The whole image resized to the crop size (``crop.on_no_face = "fallback"``); decoding errors propagate."""
+    if image is None:
+        image = decode(sample, data, color)
+    height, width = size
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _as_tensor(crops: list[np.ndarray], color: str) -> torch.Tensor:
+    stacked = np.stack(crops)
+    if color == "rgb":
+        return torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(stacked).unsqueeze(1)
+
+
+def _prepare_memory(dataset: FaceDataset, cropper: Any, crop_table: dict[str, Any], cache_dir: Path | None,
+                    cropper_version: str | None, description: str, color: str) -> Prepared:
     policy = crop_table.get("on_no_face", "fallback")
     ckey = cropper_key(crop_table, cropper_version)
     height, width = cropper.output_size
-    cache = CropCache(cache_dir if crop_table.get("cache", True) else None, size=(height, width))
+    cache = CropCache(cache_dir if crop_table.get("cache", True) else None, size=(height, width),
+                      channels=_channels(color))
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     crops: list[np.ndarray] = []
     labels: list[int] = []
@@ -261,28 +361,14 @@ def prepare(
                 try:
                     data = _sample_bytes(sample)
                     key = f"{ckey}:{content_hash(sample, data)}"
-                    cached = cache.get(key)
-                    image = None if cached is not None else decode(sample, data)
+                    status, crop, image, hit = _crop_sample(sample, data, key, cache, cropper, crop_table,
+                                                            (height, width), color)
                 except (OSError, ValueError, cv2.error) as exc:
-                    # Only reading the file is forgiven; a cropper that breaks is a bug and stops the run below.
+                    # Only reading the file is forgiven; a cropper that breaks is a bug and stops the run.
+                    _reraise_cropper_error(exc)
                     unreadable.append(_unreadable(sample.key, exc))
                     continue
-                if cached is not None:
-                    hits += 1
-                    status, crop = cached
-                else:
-                    try:
-                        crop = _checked(cropper(face_of(sample, image)), (height, width), crop_table)
-                        status = "ok"
-                    except NoFace as exc:
-                        crop, status = None, f"noface:{exc}"
-                    except FermetricError:
-                        raise
-                    except Exception as exc:
-                        raise FermetricError(
-                            f"cropper {crop_table.get('name')!r} failed on {sample.key}: {type(exc).__name__}: {exc}"
-                        ) from exc
-                    cache.put(key, status, crop)
+                hits += hit
                 if status != "ok":
                     reason = status.removeprefix("noface:")
                     if policy == "error":
@@ -290,23 +376,29 @@ def prepare(
                     no_face.append({"file": sample.key, "reason": reason, "action": policy})
                     if policy == "skip":
                         continue
-                    if image is None:
-                        try:
-                            image = decode(sample, data)
-                        except (OSError, ValueError, cv2.error) as exc:
-                            no_face.pop()
-                            unreadable.append(_unreadable(sample.key, exc))
-                            continue
-                    crop = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+                    try:
+                        crop = _fallback(sample, data, image, (height, width), color)
+                    except (OSError, ValueError, cv2.error) as exc:
+                        no_face.pop()
+                        unreadable.append(_unreadable(sample.key, exc))
+                        continue
                 crops.append(crop)
                 labels.append(class_index[sample.label])
                 kept.append(sample)
     finally:
         cache.close()
+    report = _report(dataset, kept, unreadable, no_face, policy, hits, cache.damaged_rows, crops_found=bool(crops))
+    report["store"] = {"kind": "memory", "color": color}
+    return Prepared(_as_tensor(crops, color), torch.tensor(labels), kept, list(dataset.classes), dataset.synthetic,
+                    report)
+
+
+def _report(dataset: FaceDataset, kept: list[Sample], unreadable: list[dict[str, str]], no_face: list[dict[str, str]],
+            policy: str, hits: int, damaged: int, crops_found: bool) -> dict[str, Any]:
     by_reason = dict(Counter(item["reason"] for item in unreadable).most_common())
-    if not crops:
+    if not crops_found:
         raise FermetricError(_no_usable_message(dataset, unreadable, by_reason, no_face))
-    report = {
+    return {
         "images_listed": len(dataset.samples),
         "images_used": len(kept),
         "unreadable": len(unreadable),
@@ -317,9 +409,98 @@ def prepare(
         "no_face_files": no_face,
         "no_face_policy": policy,
         "cache_hits": hits,
-        "cache_damaged_rows": cache.damaged_rows,
+        "cache_damaged_rows": damaged,
     }
-    images = torch.from_numpy(np.stack(crops)).unsqueeze(1)
+
+
+def _prepare_mmap(dataset: FaceDataset, cropper: Any, crop_table: dict[str, Any], cache_dir: Path,
+                  cropper_version: str | None, description: str, color: str, log: Any) -> Prepared:
+    """The crops from (or into) the crop store: every image's key first (its bytes hashed, as the SQLite cache
+    keys them), then the store named by those keys opened, or built once: crops written to disk as they are
+    produced, from the SQLite cache's rows where it has them (read only: the store holds the rest). The store
+    keeps every readable image, a face or not (a "no face" row holds the whole image resized), so one store
+    serves every ``on_no_face`` policy; the policy picks the rows."""
+    policy = crop_table.get("on_no_face", "fallback")
+    ckey = cropper_key(crop_table, cropper_version)
+    height, width = cropper.output_size
+    channels = _channels(color)
+    class_index = {c: i for i, c in enumerate(dataset.classes)}
+    keyed: list[tuple[int, Sample, str]] = []  # (position in the dataset, sample, crop-cache key)
+    unreadable_at: list[tuple[int, dict[str, str]]] = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"{description}: reading", total=len(dataset.samples))
+        for pos, sample in enumerate(dataset.samples):
+            bar.advance(task)
+            if sample.label not in class_index:
+                continue
+            try:
+                data = _sample_bytes(sample)
+                keyed.append((pos, sample, f"{ckey}:{content_hash(sample, data)}"))
+            except (OSError, ValueError, cv2.error) as exc:
+                unreadable_at.append((pos, _unreadable(sample.key, exc)))
+    skey = store_key(ckey, color, [k for _, _, k in keyed])
+    sqlite_file = cache_dir / "crops.sqlite"
+    hits = 0
+    damaged = 0
+
+    def produce(writer: StoreWriter) -> None:
+        nonlocal hits, damaged
+        cache = CropCache(cache_dir if sqlite_file.is_file() else None, size=(height, width), channels=channels)
+        try:
+            with progress_bar() as bar:
+                task = bar.add_task(f"{description}: building the crop store", total=len(keyed))
+                for _, sample, key in keyed:
+                    bar.advance(task)
+                    try:
+                        data = _sample_bytes(sample)
+                        status, crop, image, hit = _crop_sample(sample, data, key, cache, cropper, crop_table,
+                                                                (height, width), color, write=False)
+                        hits += hit
+                        if status != "ok":
+                            crop = _fallback(sample, data, image, (height, width), color)
+                    except (OSError, ValueError, cv2.error) as exc:
+                        _reraise_cropper_error(exc)
+                        writer.add(None, key, sample.key, str(sample.label), "unreadable",
+                                   error=_unreadable(sample.key, exc))
+                        continue
+                    writer.add(crop, key, sample.key, str(sample.label), status)
+        finally:
+            damaged = cache.damaged_rows
+            cache.close()
+
+    meta = {"cropper_key": ckey, "crop": {k: v for k, v in crop_table.items() if k not in ("on_no_face", "cache")},
+            "cropper_version": cropper_version, "color": color, "dataset": dataset.name}
+    found = open_or_build(cache_dir / STORES_DIR, skey, (channels, height, width), len(keyed), produce, meta,
+                          log=log)
+    index = found.index
+    if index["keys"] != [k for _, _, k in keyed]:  # the name is a hash of these keys: only a collision gets here
+        raise FermetricError(f"crop store {found.path} does not hold this dataset's images; delete it; it is rebuilt")
+    rows: list[int] = []
+    labels: list[int] = []
+    kept: list[Sample] = []
+    no_face: list[dict[str, str]] = []
+    for row, (pos, sample, _) in enumerate(keyed):
+        status = index["status"][row]
+        if status == "unreadable":
+            unreadable_at.append((pos, dict(index["errors"][str(row)], file=sample.key)))
+            continue
+        if status != "ok":
+            reason = status.removeprefix("noface:")
+            if policy == "error":
+                raise FermetricError(f"{sample.key}: {reason} (crop.on_no_face = \"error\")")
+            no_face.append({"file": sample.key, "reason": reason, "action": policy})
+            if policy == "skip":
+                continue
+        rows.append(row)
+        labels.append(class_index[sample.label])
+        kept.append(sample)
+    unreadable = [item for _, item in sorted(unreadable_at, key=lambda pair: pair[0])]
+    report = _report(dataset, kept, unreadable, no_face, policy, hits if found.built else len(keyed), damaged,
+                     crops_found=bool(rows))
+    report["store"] = {"kind": "mmap", "color": color, "path": str(found.path), "built": found.built,
+                       "build_seconds": round(found.seconds, 3), "rows": len(keyed)}
+    array = found.array
+    images = array if len(rows) == len(array) else array.subset(np.asarray(rows, dtype=np.int64))
     return Prepared(images, torch.tensor(labels), kept, list(dataset.classes), dataset.synthetic, report)
 
 
@@ -355,8 +536,21 @@ def summary_lines(report: dict[str, Any], limit: int = 5) -> list[str]:
     return lines
 
 
-def _checked(crop: np.ndarray, size: tuple[int, int], crop_table: dict[str, Any]) -> np.ndarray:
+def _checked(crop: np.ndarray, size: tuple[int, int], crop_table: dict[str, Any], color: str = "gray") -> np.ndarray:
     crop = np.asarray(crop)
+    if color == "rgb":
+        if crop.ndim == 3 and crop.shape[2] == 4:
+            crop = crop[:, :, :3]
+        if crop.ndim != 3 or crop.shape[2] != 3:
+            raise FermetricError(
+                f"cropper {crop_table.get('name')!r} returned a {crop.shape} crop for crop.color = \"rgb\": it must"
+                " return (H, W, 3) RGB crops of colour images (this cropper may only know gray; use crop.color = \"gray\")"
+            )
+        if crop.shape[:2] != size:
+            raise FermetricError(
+                f"cropper {crop_table.get('name')!r} returned a {crop.shape} crop but declares output_size {size}"
+            )
+        return np.ascontiguousarray(crop, dtype=np.uint8)
     if crop.ndim == 3:
         crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     if crop.shape != size:

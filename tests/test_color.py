@@ -1,0 +1,201 @@
+"""Colour end to end (issue #11): RGB decoding, 3-channel croppers and augmentation, the colour synthetic set,
+ImageNet normalisation, and an RGB recipe that trains. Gray stays the default, unchanged."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fermetric.components import synthetic
+from fermetric.components.croppers import AUPartialCropper, FullFaceCropper
+from fermetric.components.datasets import synthetic_dataset
+from fermetric.contracts import FaceImage
+from fermetric.data.decode import decode_bytes
+from fermetric.data.pipeline import cropper_key, decode, prepare
+from fermetric.errors import FermetricError, RecipeError
+from fermetric.model import IMAGENET_MEAN, IMAGENET_STD, FERModel, normalize, predict
+from fermetric.training.augment import Augment
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, format="PNG") if mode else Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+# -- decoding ---------------------------------------------------------------------------------------------------
+def test_rgb_decoding_keeps_colour_and_gray_decoding_is_unchanged():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    assert np.array_equal(decode_bytes(_png(rgb), color="rgb"), rgb)
+    gray_of_rgb = decode_bytes(_png(rgb))
+    assert gray_of_rgb.shape == (9, 7)
+    assert np.array_equal(gray_of_rgb, np.asarray(Image.fromarray(rgb).convert("L")))  # Pillow's luma, as before
+    rgba = np.concatenate([rgb, np.zeros((9, 7, 1), np.uint8)], axis=2)
+    assert np.array_equal(decode_bytes(_png(rgba), color="rgb"), rgb)  # alpha ignored, not composited
+    gray = rng.integers(0, 256, (5, 6), dtype=np.uint8)
+    assert np.array_equal(decode_bytes(_png(gray), color="rgb"), np.repeat(gray[:, :, None], 3, axis=2))
+    deep = (rng.integers(0, 65536, (4, 4))).astype(np.uint16)
+    as_gray = decode_bytes(_png(deep))
+    assert Image.open(io.BytesIO(_png(deep))).mode.startswith("I")
+    assert np.array_equal(decode_bytes(_png(deep), color="rgb"), np.repeat(as_gray[:, :, None], 3, axis=2))
+    with pytest.raises(ValueError):
+        decode_bytes(_png(gray), color="cmyk")
+
+
+def test_generated_pixels_decode_in_colour():
+    from fermetric.contracts import Sample
+
+    face = synthetic.generate(n_subjects=1, per_class=1, size=32, color=True)[0]
+    sample = Sample(key="x", label=face.label, image=face.image)
+    assert np.array_equal(decode(sample, color="rgb"), face.image)
+    assert decode(sample).shape == (32, 32)
+    gray_sample = Sample(key="g", label="happy", image=np.zeros((8, 8), np.float32))
+    assert decode(gray_sample, color="rgb").shape == (8, 8, 3)
+
+
+# -- croppers and augmentation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: FullFaceCropper(landmarks="dataset", size=40),
+    lambda: FullFaceCropper(landmarks="template", size=24),
+    lambda: AUPartialCropper(landmarks="dataset", size=40),
+    lambda: AUPartialCropper(landmarks="dataset", size=40, layout="grid", regions=["eyes_brows", "mouth", "nose"]),
+])
+def test_croppers_warp_the_three_channels_like_three_gray_images(make):
+    face = synthetic.generate(n_subjects=1, per_class=1, size=64, color=True)[3]
+    cropper = make()
+    crop = cropper(FaceImage(image=face.image, landmarks=face.landmarks))
+    assert crop.shape == (*cropper.output_size, 3) and crop.dtype == np.uint8
+    for c in range(3):
+        single = cropper(FaceImage(image=np.ascontiguousarray(face.image[:, :, c]), landmarks=face.landmarks))
+        assert np.array_equal(crop[:, :, c], single), c
+
+
+def test_augmentation_moves_every_channel_alike():
+    rng = np.random.default_rng(1)
+    gray = torch.from_numpy(rng.integers(0, 256, (4, 1, 24, 24), dtype=np.uint8))
+    colour = torch.cat([gray, 255 - gray, gray // 2], dim=1)
+    augment = Augment({"flip": True, "shift": 0.1, "rotate": 10.0, "scale": 0.1})
+    out = augment(normalize(colour), torch.Generator().manual_seed(5))
+    for c in range(3):
+        alone = augment(normalize(colour[:, c : c + 1]), torch.Generator().manual_seed(5))
+        assert torch.allclose(out[:, c : c + 1], alone, atol=1e-5)
+
+
+# -- the synthetic colour set -------------------------------------------------------------------------------------
+def test_colour_synthetic_faces_are_deterministic_and_leave_gray_faces_alone():
+    gray = synthetic.generate(n_subjects=2, per_class=1, size=32, seed=4)
+    colour = synthetic.generate(n_subjects=2, per_class=1, size=32, seed=4, color=True)
+    again = synthetic.generate(n_subjects=2, per_class=1, size=32, seed=4, color=True)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(colour, again))
+    for g, c in zip(gray, colour):
+        assert g.image.shape == (32, 32) and c.image.shape == (32, 32, 3)
+        assert np.array_equal(g.landmarks, c.landmarks)
+        luma = c.image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        assert np.abs(luma - g.image).mean() < 6  # the colour is a tint of the same drawing
+    assert np.abs(colour[0].image[:, :, 0].astype(int) - colour[0].image[:, :, 2]).mean() > 3  # really coloured
+    ds = synthetic_dataset(subjects=1, per_class=1, size=32, color=True)
+    assert ds.samples[0].image.shape == (32, 32, 3) and "/rgb/" in ds.samples[0].key
+
+
+def test_color_gray_keeps_the_crop_cache_key_and_rgb_does_not():
+    table = {"name": "au_partial", "size": 48, "on_no_face": "fallback", "cache": True}
+    assert cropper_key({**table, "color": "gray"}, "1") == cropper_key(table, "1")
+    assert cropper_key({**table, "color": "rgb"}, "1") != cropper_key(table, "1")
+
+
+def test_rgb_crops_from_the_pipeline_and_a_gray_only_cropper_is_refused(tmp_path):
+    ds = synthetic_dataset(subjects=1, per_class=1, size=48, color=True)
+    table = {"name": "au_partial", "landmarks": "dataset", "size": 32, "on_no_face": "fallback", "color": "rgb"}
+    prepared = prepare(ds, AUPartialCropper(landmarks="dataset", size=32), table, tmp_path)
+    assert prepared.images.shape == (len(ds.samples), 3, 32, 32)
+    again = prepare(ds, AUPartialCropper(landmarks="dataset", size=32), table, tmp_path)  # from the cache
+    assert again.report["cache_hits"] == len(ds.samples) and torch.equal(again.images, prepared.images)
+    gray_table = {**table, "color": "gray"}
+    assert prepare(ds, AUPartialCropper(landmarks="dataset", size=32), gray_table, tmp_path).images.shape[1] == 1
+
+    class GrayOnly:
+        output_size = (8, 8)
+
+        def __call__(self, face):
+            return np.zeros((8, 8), np.uint8)
+
+    with pytest.raises(FermetricError, match="rgb"):
+        prepare(ds, GrayOnly(), {**table, "name": "gray_only", "cache": False}, tmp_path)
+
+
+# -- normalisation ----------------------------------------------------------------------------------------------------
+def test_imagenet_normalisation_against_a_hand_computation():
+    x = torch.tensor([[[[0, 255]], [[128, 64]], [[10, 200]]]], dtype=torch.uint8)  # (1, 3, 1, 2)
+    got = normalize(x, "imagenet")
+    for c in range(3):
+        for j in range(2):
+            hand = (int(x[0, c, 0, j]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+            assert abs(float(got[0, c, 0, j]) - hand) < 1e-5
+    one = torch.tensor([[[[0, 100, 255]]]], dtype=torch.uint8)
+    mean, std = (0.485 + 0.456 + 0.406) / 3, (0.229 + 0.224 + 0.225) / 3
+    hand = torch.tensor([(v / 255.0 - mean) / std for v in (0, 100, 255)])
+    assert torch.allclose(normalize(one, "imagenet")[0, 0, 0], hand, atol=1e-5)
+    assert torch.equal(normalize(x), x.float().div(127.5).sub(1.0))  # the default is today's mapping, exactly
+    with pytest.raises(ValueError):
+        normalize(x, "zscore")
+
+
+def test_the_model_normalises_by_its_own_choice():
+    class Tiny(torch.nn.Module):
+        num_features = 3
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    x = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
+    assert torch.equal(FERModel.normalize(x), x.float().div(127.5).sub(1.0))  # on the class: as always
+    default = FERModel(Tiny(), 2, 4, in_chans=3)
+    imagenet = FERModel(Tiny(), 2, 4, in_chans=3, normalization="imagenet")
+    imagenet.load_state_dict(default.state_dict())  # the choice is not a weight: checkpoints unchanged
+    assert torch.equal(default.normalize(x), FERModel.normalize(x))
+    assert torch.equal(imagenet.normalize(x), normalize(x, "imagenet"))
+    emb_default, _ = predict(default, x, torch.device("cpu"))
+    emb_imagenet, _ = predict(imagenet, x, torch.device("cpu"))
+    imagenet.eval()
+    expected, _ = imagenet(normalize(x, "imagenet"))
+    assert np.allclose(emb_imagenet, expected.detach().numpy(), atol=1e-5)
+    assert not np.allclose(emb_default, emb_imagenet)
+    with pytest.raises(ValueError):
+        FERModel(Tiny(), 2, 4, normalization="bogus")
+
+
+# -- recipes -----------------------------------------------------------------------------------------------------------
+def test_recipe_keys_are_checked(host):
+    from fermetric.engine import load_recipe
+
+    base = "recipes/quickstart.toml"
+    recipe = load_recipe(base, ['crop.color="rgb"', 'model.normalization="imagenet"', 'train.store="mmap"',
+                                "train.workers=2"], host)
+    assert recipe["crop"]["color"] == "rgb" and recipe["model"]["normalization"] == "imagenet"
+    assert recipe["train"]["store"] == "mmap" and recipe["train"]["workers"] == 2
+    plain = load_recipe(base, [], host)
+    assert "color" not in plain["crop"] and plain["train"]["store"] == "auto" and plain["train"]["workers"] == 0
+    for bad, key in (('crop.color="bgr"', "crop.color"), ('model.normalization="x"', "model.normalization"),
+                     ('train.store="disk"', "train.store"), ("train.workers=-1", "train.workers")):
+        with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+            load_recipe(base, [bad], host)
+
+
+def test_an_rgb_recipe_trains_end_to_end(tmp_path, tiny_overrides):
+    from fermetric.engine import run_recipe
+    from fermetric.runfolder import load_checkpoint
+
+    out = tmp_path / "run"
+    metrics, _ = run_recipe("recipes/quickstart.toml", str(out), tiny_overrides + [
+        "data.color=true", 'crop.color="rgb"', "backbone.in_chans=3", "train.epochs=1"])
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    meta = load_checkpoint(out / "checkpoints" / "last.pt")["meta"]
+    assert meta["in_chans"] == 3 and meta["crop"]["color"] == "rgb"
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["store"]["color"] == "rgb"
