@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Write docs/results_13.md (issue #13): the multi-seed evidence, the transfer chain and the goals, from the folders of
+scripts/reproduce_multiseed.sh and scripts/reproduce_transfer.sh.
+
+    .venv/bin/python scripts/make_results_13.py [--multiseed runs/multiseed] [--transfer runs/transfer] > docs/results_13.md
+
+Reads every finished fold (``fold_XX/metrics.json``) of every seed, finished runs or not, so a report written while
+the runs go on is partial and says so; rerunning the scripts resumes them and rerunning this rewrites the file.
+Statistics and their text are fermetric.ablation.stats' (the same as every results.md). Numbers only, no images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fermetric.ablation.stats import format_mean_std, mean_std, paired_wilcoxon  # noqa: E402
+from fermetric.runfolder import AblationFolder, RunFolder  # noqa: E402
+
+FOLDS = 10
+GOALS = {"CK+48": 0.985, "FER2013": 0.735}
+# The best figures measured before this issue (docs/results.md, one seed), for the goals section.
+EARLIER = {"CK+48": (0.9469, "ImageNet MobileNetV2, full face, 96x96, CE + EMLF (weight 0.5), Table 7 of docs/results.md; best of 19 cells on the same folds"),
+           "FER2013": (0.6244, "ImageNet MobileNetV2, partial image, 96x96, 10 epochs, docs/results.md")}
+
+
+def cell_folds(folder: AblationFolder, values: dict) -> dict[tuple[int, int], float]:
+    """(seed, fold) -> test accuracy for the cell of ``folder`` whose grid values are ``values`` (finished folds)."""
+    info = folder.info() or {}
+    for cell in info.get("cells", []):
+        recorded = _read_values(folder, cell["id"])
+        if all(recorded.get(k) == v for k, v in values.items()):
+            out = {}
+            for seed in range(int(info.get("seeds", 1))):
+                run = folder.cell(cell["id"]).seed(seed)
+                for fold in range(FOLDS):
+                    metrics = run.fold(fold).metrics()
+                    if metrics and "accuracy" in metrics:
+                        out[(seed, fold)] = float(metrics["accuracy"])
+            return out
+    return {}
+
+
+def _read_values(folder: AblationFolder, cell_id: str) -> dict:
+    from fermetric.runfolder import read_json
+
+    return (read_json(folder.cell(cell_id).cell_file) or {}).get("values", {})
+
+
+def stat_row(name: str, values: dict, n_total: int) -> str:
+    mean, std, n = mean_std(list(values.values()))
+    seeds = sorted({s for s, _ in values})
+    per_seed = ", ".join(f"seed {s}: {100 * mean_std([v for (t, _), v in values.items() if t == s])[0]:.2f}" for s in seeds)
+    text = f"{100 * mean:.2f} ± {100 * std:.2f}" if n > 1 else (f"{100 * mean:.2f}" if n else "—")
+    return f"| {name} | {text} | {n}/{n_total} | {per_seed or '—'} |"
+
+
+def compare(a: dict, b: dict, what: str) -> str:
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return f"- {what}: no (seed, fold) pairs finished in both yet."
+    delta = sum(a[k] - b[k] for k in shared) / len(shared)
+    test = paired_wilcoxon(a, b)
+    verdict = "significant at 0.05" if test["p"] is not None and test["p"] < 0.05 else "not significant at 0.05"
+    return f"- {what}: {100 * delta:+.2f} points over {len(shared)} paired (seed, fold) results, {test['note']}: {verdict}."
+
+
+def fer_text(folder: RunFolder, label: str) -> list[str]:
+    info, metrics, history = folder.run_info() or {}, folder.metrics() or {}, folder.history()
+    if not history:
+        return [f"- {label}: not run yet (`bash scripts/reproduce_transfer.sh` starts it)."]
+    best = max(history, key=lambda r: float(r.get("val_accuracy") or 0))
+    train_s = sum(float(r["seconds"]) for r in history)
+    status = info.get("status", "?")
+    if metrics and status == "finished":
+        return [f"- {label}: **{100 * metrics['accuracy']:.2f}%** PublicTest accuracy (macro-F1 {100 * metrics['macro_f1']:.2f}),"
+                f" {len(history)} epochs, epoch {best['epoch']} selected on held-out Training (val accuracy"
+                f" {100 * float(best['val_accuracy']):.2f}%), {train_s / 3600:.1f} h of training on {info.get('device', '?')}."]
+    return [f"- {label}: {status}, {len(history)} epochs trained so far ({train_s / 3600:.1f} h); best validation accuracy"
+            f" (held-out Training) {100 * float(best['val_accuracy']):.2f}% at epoch {best['epoch']}; PublicTest not yet evaluated."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--multiseed", type=Path, default=ROOT / "runs" / "multiseed")
+    parser.add_argument("--transfer", type=Path, default=ROOT / "runs" / "transfer")
+    args = parser.parse_args()
+    L: list[str] = []
+    add = L.append
+    add("# Results for issue #13: multi-seed evidence, transfer from FER2013, and the goals")
+    add("")
+    add("<!-- Generated by scripts/make_results_13.py from the folders of scripts/reproduce_multiseed.sh and"
+        " scripts/reproduce_transfer.sh; do not edit by hand. -->")
+    add("")
+    add(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()},"
+        f" {os.cpu_count()} CPU cores, no GPU. Every accuracy is the test accuracy of CK+48 10-fold cross-validation"
+        " grouped by subject (no person in two folds), unless it says FER2013. Seed s draws its folds from"
+        " train.seed + s, so the same seed gives the same folds in every cell and folder: tests pair results by"
+        " (seed, fold). Runs still going are reported with the folds that have finished.")
+    add("")
+
+    # -- multi-seed ------------------------------------------------------------------------------------------
+    emlf_folder, ff_folder = AblationFolder(args.multiseed / "emlf_vs_ce"), AblationFolder(args.multiseed / "full_face_ce")
+    ce = cell_folds(emlf_folder, {"loss.1.weight": 0})
+    emlf = cell_folds(emlf_folder, {"loss.1.weight": 0.05})
+    ff = cell_folds(ff_folder, {"loss.1.weight": 0})
+    total = 3 * FOLDS
+    add("## Multi-seed: EMLF against cross-entropy, the partial image against the full face")
+    add("")
+    add("`bash scripts/reproduce_multiseed.sh` (recipe `recipes/pidml/base.toml`: fer_cnn width 16 from scratch,"
+        " 20 epochs, 48x48; 3 seeds x 10 folds). EMLF at weight 0.05 with pos_margin 0.5, the best setting of Table 3"
+        " in docs/results.md, where it was chosen on seed 0's folds: seeds 1 and 2 are fresh evidence.")
+    add("")
+    add("| cell | accuracy (%), mean ± std over (seed, fold) | folds done | per seed (%) |")
+    add("|---|---|---|---|")
+    add(stat_row("partial image, CE alone", ce, total))
+    add(stat_row("partial image, CE + EMLF (0.05, pos_margin 0.5)", emlf, total))
+    add(stat_row("full face, CE alone", ff, total))
+    add("")
+    add(compare(emlf, ce, "EMLF against CE alone (partial image)"))
+    add(compare({k: v for k, v in emlf.items() if k[0] > 0}, {k: v for k, v in ce.items() if k[0] > 0},
+                "the same on seeds 1-2 only (the setting was picked on seed 0)"))
+    add(compare(ce, ff, "partial image against full face (CE alone)"))
+    add("")
+
+    # -- transfer --------------------------------------------------------------------------------------------
+    add("## Transfer: ImageNet -> FER2013 -> CK+48")
+    add("")
+    add("`bash scripts/reproduce_transfer.sh`: MobileNetV2 (ImageNet weights from an installed package) trained on"
+        " FER2013 Training (the epoch selected on 5% of Training; PublicTest only reported), then its backbone"
+        " initialises CK+48 10-fold training at 96x96 (recipe `recipes/pidml/ck48_transfer_96.toml`); each cell is"
+        " paired with the same cell trained from ImageNet alone (same seed, same folds). Only the backbone moves: the"
+        " FER2013 and CK+48 classes differ (neutral / contempt), so the classifier is always new.")
+    add("")
+    L += fer_text(RunFolder(args.transfer / "fer2013_au_partial"), "FER2013, partial image, 96x96")
+    L += fer_text(RunFolder(args.transfer / "fer2013_full_face"), "FER2013, full face, 96x96")
+    add("")
+    best_ck = (EARLIER["CK+48"][0], EARLIER["CK+48"][1])
+    for crop, sub in (("partial image", "ck48_au_partial"), ("full face", "ck48_full_face")):
+        folder = AblationFolder(args.transfer / sub)
+        source = str(args.transfer / ("fer2013_au_partial" if sub.endswith("partial") else "fer2013_full_face"))
+        cells = {(init, w): cell_folds(folder, {"model.init_from": init, "loss.1.weight": w})
+                 for init in (source, "") for w in (0, 0.5)}
+        add(f"### CK+48, {crop}, 96x96")
+        add("")
+        add("| cell | accuracy (%) | folds done | per seed (%) |")
+        add("|---|---|---|---|")
+        for (init, w), values in cells.items():
+            add(stat_row(f"{'from FER2013' if init else 'ImageNet only'}, {'CE + EMLF (0.5)' if w else 'CE alone'}", values, FOLDS))
+            mean, _, n = mean_std(list(values.values()))
+            if n == FOLDS and mean > best_ck[0]:
+                best_ck = (mean, f"{crop}, {'from FER2013' if init else 'ImageNet only'}, {'CE + EMLF' if w else 'CE'}, 96x96 (this report)")
+        add("")
+        add(compare(cells[(source, 0)], cells[("", 0)], "from FER2013 against ImageNet only, CE"))
+        add(compare(cells[(source, 0.5)], cells[("", 0.5)], "from FER2013 against ImageNet only, CE + EMLF"))
+        add(compare(cells[(source, 0.5)], cells[(source, 0)], "EMLF against CE, from FER2013"))
+        add("")
+
+    # -- goals -----------------------------------------------------------------------------------------------
+    fer_best = EARLIER["FER2013"]
+    for name in ("fer2013_au_partial", "fer2013_full_face"):
+        run = RunFolder(args.transfer / name)
+        metrics, info = run.metrics() or {}, run.run_info() or {}
+        if info.get("status") == "finished" and metrics.get("accuracy", 0) > fer_best[0]:
+            fer_best = (metrics["accuracy"], f"{name.replace('_', ' ')} (this report)")
+    add("## Against the goals")
+    add("")
+    add("| goal | target | best honest figure | gap | where |")
+    add("|---|---|---|---|---|")
+    for name, (value, where) in (("CK+48, 10-fold by subject", best_ck), ("FER2013, PublicTest, single model", fer_best)):
+        target = GOALS["CK+48" if name.startswith("CK") else "FER2013"]
+        add(f"| {name} | {100 * target:.1f}% | {100 * value:.2f}% | {100 * (value - target):+.2f} points"
+            f" ({'met' if value >= target else 'not met'}) | {where} |")
+    add("")
+    print("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()
