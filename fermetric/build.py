@@ -92,7 +92,8 @@ def build_model(host: PluginHost, recipe: dict[str, Any], num_classes: int) -> F
     in_chans = int(backbone_table.get("in_chans", 1))
     backbone, _ = build(host, "backbone", backbone_table, where="backbone", in_chans=in_chans)
     model_cfg = recipe["model"]
-    return FERModel(backbone, num_classes, int(model_cfg["embedding_dim"]), float(model_cfg["dropout"]), in_chans)
+    return FERModel(backbone, num_classes, int(model_cfg["embedding_dim"]), float(model_cfg["dropout"]), in_chans,
+                    normalization=model_cfg["normalization"])
 
 
 def build_sampler(host: PluginHost, recipe: dict[str, Any], labels: list[int], seed: int):

@@ -22,7 +22,9 @@ from . import __version__
 from . import recipe as recipe_mod
 from .build import (build, build_callbacks, build_model, build_objective, build_sampler, component_record, dry_build,
                     recipe_components, versions)
+from .data.loader import BatchLoader
 from .data.pipeline import Prepared, prepare, summary_lines
+from .data.store import CropArray
 from .data.protocols import Fold, make_folds
 from .errors import FermetricError, RecipeError, Terminated, describe_os_error
 from .evaluation.metrics import aggregate, classification_metrics, distance_stats, knn_metrics
@@ -226,6 +228,7 @@ class Runner:
         prepared = prepare(
             dataset, cropper, self.recipe["crop"], Path(self.train_cfg["cache_dir"]),
             cropper_version=crop_component.version, description=f"cropping {dataset.name}",
+            store=self.train_cfg["store"], log=self.log,
         )
         if self.main:
             self.ctx.barrier()
@@ -338,15 +341,22 @@ class Runner:
         callbacks = [*default_callbacks(int(cfg["patience"]), title, len(prepared.classes)), *extra, Checkpointer(meta)]
         if not self.main:  # files, console and loggers are rank 0's; selection and stopping run everywhere alike
             callbacks = [c for c in callbacks if isinstance(c, (ModelSelection, EarlyStopping, DivergenceMonitor))]
+        if isinstance(prepared.images, CropArray):
+            # Crops larger than memory stay on disk: a DataLoader (with workers) reads each batch from the store.
+            train_images = prepared.images.subset(fold.train)
+            loader = BatchLoader(train_images, train_labels, sampler, device=self.device, workers=int(cfg["workers"]))
+        else:  # crops that fit are held on the device once, and indexed there batch by batch
+            train_images, loader = prepared.images[fold.train].to(self.device), None
         loop = TrainLoop(
             model=wrapped, objective=objective, step=step, sampler=sampler, ctx=self.ctx,
-            images=prepared.images[fold.train].to(self.device), labels=train_labels.to(self.device),
+            images=train_images, labels=train_labels.to(self.device),
             device=self.device, epochs=int(cfg["epochs"]), seed=fold_seed, augment=Augment(cfg["augment"]),
             callbacks=callbacks, folder=folder,
-            val=(prepared.images[fold.val], prepared.labels[fold.val]) if len(fold.val) else None,
+            val=(self._images(prepared, fold.val), prepared.labels[fold.val]) if len(fold.val) else None,
             classes=prepared.classes, amp_dtype=dtype, fold=fold.index, n_folds=n_folds, log=self.log, warn=self.warn,
             channels_last=channels_last,
         )
+        loop.loader = loader
         if folder.last_checkpoint.exists():
             if not self.resume:
                 raise FermetricError(f"{folder.last_checkpoint} exists; pass --resume to continue it")
@@ -375,6 +385,11 @@ class Runner:
         self.log(f"resumed from {folder.last_checkpoint} at epoch {loop.start_epoch}")
 
     @staticmethod
+    def _images(prepared: Prepared, index) -> Any:
+        """A part of the crops: a tensor in memory, or a view of the on-disk store that reads batch by batch."""
+        return prepared.images.subset(index) if isinstance(prepared.images, CropArray) else prepared.images[index]
+
+    @staticmethod
     def _split_digest(prepared: Prepared, fold: Fold) -> str:
         """Which images (by key and label) a fold trains, selects and tests on: a resumed fold must see the same."""
         digest = hashlib.sha1()
@@ -399,7 +414,7 @@ class Runner:
             "model": recipe_mod.plain(self.recipe["model"]),
             "input_size": list(prepared.images.shape[-2:]),
             "in_chans": int(prepared.images.shape[1]),
-            "normalization": "minus_one_to_one",
+            "normalization": self.recipe["model"]["normalization"],
             "fold": fold.index,
             "split_digest": self._split_digest(prepared, fold),
             "seed": self.seed,
@@ -414,11 +429,11 @@ class Runner:
             model.load_state_dict(load_checkpoint(folder.best_checkpoint, self.device)["model"])
             selected = f"best (epoch {best['epoch'] + 1}, val accuracy {best['score']:.4f})"
         test_y = prepared.labels[fold.test].numpy()
-        test_emb, test_logits = predict(model, prepared.images[fold.test], self.device, tta=cfg_eval["tta"])
+        test_emb, test_logits = predict(model, self._images(prepared, fold.test), self.device, tta=cfg_eval["tta"])
         metrics = classification_metrics(test_y, test_logits.argmax(1), prepared.classes)
         embedding = distance_stats(test_emb, test_y)
         if cfg_eval["knn"]:
-            train_emb, _ = predict(model, prepared.images[fold.train], self.device)
+            train_emb, _ = predict(model, self._images(prepared, fold.train), self.device)
             embedding |= knn_metrics(test_emb, test_y, train_emb, prepared.labels[fold.train].numpy())
         metrics["embedding"] = embedding
         metrics |= {"fold": fold.index, "selected_checkpoint": selected, "tta": cfg_eval["tta"],

@@ -662,7 +662,8 @@ def matches_file(path: Path, recipe: dict[str, Any]) -> bool:
     """Whether a run folder's saved ``recipe.toml`` holds this resolved recipe (the guard against resuming or
     reusing a folder made by another recipe). Compared as TOML would read it back.
 
-    ``train.cache_dir`` is not compared: crops are cached by content, so the cache's place cannot change a
+    ``train.cache_dir``, ``train.store`` and ``train.workers`` are not compared (:data:`RESULT_NEUTRAL`): crops are
+    cached by content, so where and how they are read cannot change a
     result. A relative path saved by an older fermetric (which read data paths from the current folder) equals
     the absolute path it names from the current folder.
     """
@@ -672,9 +673,18 @@ def matches_file(path: Path, recipe: dict[str, Any]) -> bool:
     except (OSError, tomllib.TOMLDecodeError):
         return False
     for table in (saved, current):
-        if isinstance(table.get("train"), dict):
-            table["train"].pop("cache_dir", None)
+        _drop_neutral(table)
     return _same(saved, current)
+
+
+# Engine keys that say where or how data is read, not what is trained: a run may resume with other values.
+RESULT_NEUTRAL = ("cache_dir", "store", "workers")
+
+
+def _drop_neutral(table: dict[str, Any]) -> None:
+    if isinstance(table.get("train"), dict):
+        for key in RESULT_NEUTRAL:
+            table["train"].pop(key, None)
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -684,7 +694,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in sorted(set(saved) | set(current)):
             where = f"{prefix}{key}"
-            if where == "train.cache_dir":
+            if where in {f"train.{k}" for k in RESULT_NEUTRAL}:
                 continue
             if key not in saved:
                 out.append(f"{where} = {current[key]!r} (not in the saved recipe)")
@@ -707,8 +717,7 @@ def digest(recipe: dict[str, Any]) -> str:
     import json
 
     table = tomllib.loads(dumps(recipe))
-    if isinstance(table.get("train"), dict):
-        table["train"].pop("cache_dir", None)
+    _drop_neutral(table)
     return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()
 
 

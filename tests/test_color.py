@@ -189,13 +189,47 @@ def test_recipe_keys_are_checked(host):
 
 def test_an_rgb_recipe_trains_end_to_end(tmp_path, tiny_overrides):
     from fermetric.engine import run_recipe
-    from fermetric.runfolder import load_checkpoint
+    from fermetric.runfolder import RunFolder, load_checkpoint
 
     out = tmp_path / "run"
     metrics, _ = run_recipe("recipes/quickstart.toml", str(out), tiny_overrides + [
         "data.color=true", 'crop.color="rgb"', "backbone.in_chans=3", "train.epochs=1"])
     assert 0.0 <= metrics["accuracy"] <= 1.0
-    meta = load_checkpoint(out / "checkpoints" / "last.pt")["meta"]
+    meta = load_checkpoint(RunFolder(out).last_checkpoint)["meta"]
     assert meta["in_chans"] == 3 and meta["crop"]["color"] == "rgb"
-    run = json.loads((out / "run.json").read_text())
+    run = RunFolder(out).run_info()
     assert run["data"]["store"]["color"] == "rgb"
+
+
+def test_colour_and_imagenet_models_in_inference(tmp_path, tiny_overrides):
+    """An ImageNet-normalised model predicts and exports with its own normalisation; a colour model is refused by the
+    (grayscale) inference commands with a message saying so, not silently fed gray pictures."""
+    import numpy as np
+
+    import fermetric
+    from fermetric.engine import run_recipe
+    from fermetric.errors import FermetricError
+
+    _, out = run_recipe("recipes/quickstart.toml", str(tmp_path / "imagenet"),
+                        tiny_overrides + ['model.normalization="imagenet"', "train.epochs=1"])
+    model = fermetric.load_model(out)
+    assert model.network.normalization == "imagenet"
+    from fermetric.components import synthetic
+
+    drawn = synthetic.generate(n_subjects=1, per_class=1, size=64, seed=5)[0].to_face()
+    (row,) = model.predict([drawn])
+    assert row.status == "ok" and len(row.probabilities) == 7 and abs(sum(row.probabilities.values()) - 1) < 1e-5
+    from fermetric.model import normalize
+    from fermetric.model import predict as raw_predict
+
+    import torch
+
+    crop = torch.from_numpy(model.crop(model.faces(drawn.image, drawn.landmarks)[0]))[None, None]
+    _, logp = raw_predict(model.network, crop, torch.device("cpu"))
+    assert np.allclose(np.exp(logp[0]), [row.probabilities[c] for c in model.classes], atol=1e-5), \
+        "the probabilities are the network's on ImageNet-normalised input"
+    assert not torch.allclose(normalize(crop, "imagenet"), normalize(crop, "minus_one_to_one"))
+    _, rgb = run_recipe("recipes/quickstart.toml", str(tmp_path / "rgb"), tiny_overrides + [
+        "data.color=true", 'crop.color="rgb"', "backbone.in_chans=3", "train.epochs=1"])
+    with pytest.raises(FermetricError, match="a colour model"):
+        fermetric.load_model(rgb)

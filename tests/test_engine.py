@@ -183,3 +183,18 @@ def test_a_run_that_failed_before_training_can_be_rerun_without_resume(tmp_path,
     monkeypatch.setattr(engine, "prepare", real_prepare)
     metrics, _ = engine.run_recipe(QUICKSTART, str(out), tiny_overrides + ["train.epochs=1"])
     assert RunFolder(out).metrics_file.is_file() and 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_memory_mapped_store_trains_the_same_model_as_crops_in_memory(tmp_path, tiny_overrides, workers):
+    """The on-disk store read through a DataLoader (with or without worker processes) gives the same batches as the
+    crops held in memory, so the run ends with the same weights and metrics."""
+    memory, _ = engine.run_recipe(QUICKSTART, str(tmp_path / "memory"), tiny_overrides + ['train.store="memory"'])
+    mapped, out = engine.run_recipe(QUICKSTART, str(tmp_path / "mmap"),
+                                    tiny_overrides + ['train.store="mmap"', f"train.workers={workers}"])
+    assert RunFolder(out).run_info()["data"]["store"]["kind"] == "mmap"
+    assert mapped["accuracy"] == memory["accuracy"] and mapped["macro_f1"] == memory["macro_f1"]
+    a = torch.load(RunFolder(tmp_path / "memory").last_checkpoint, weights_only=True)["model"]
+    b = torch.load(RunFolder(out).last_checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(float(r["data_seconds"]) >= 0 for r in RunFolder(out).history())

@@ -36,7 +36,7 @@ class Exported(nn.Module):
         self.network = network
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb, logits = self.network(pixels / 127.5 - 1.0)
+        emb, logits = self.network(self.network.normalize(pixels))  # the model's own normalisation, in the graph
         return logits.softmax(dim=1), emb
 
 
@@ -58,7 +58,8 @@ def sidecar(model: Model, fmt: str, opset: int | None, dynamic_batch: bool, batc
         "input": {"name": "pixels", "dtype": "float32", "shape": ["batch" if dynamic_batch else batch, int(m["in_chans"]), h, w],
                   "channels": "grayscale" if int(m["in_chans"]) == 1 else f"{m['in_chans']} channels",
                   "value_range": [0, 255], "normalization": m["normalization"],
-                  "normalization_in_graph": "x / 127.5 - 1 (done inside the graph: feed raw grey values)"},
+                  "normalization_in_graph": ("x / 127.5 - 1" if m["normalization"] == "minus_one_to_one" else
+                                             "(x / 255 - mean) / std, ImageNet's") + " (done inside the graph: feed raw grey values)"},
         "outputs": [{"name": "probabilities", "shape": ["batch", len(model.classes)], "meaning": "softmax over classes, in this order"},
                     {"name": "embedding", "shape": ["batch", int(m["embedding_dim"])], "meaning": "the metric-learning embedding (not L2-normalised)"}],
         "preprocessing": {"crop": m["crop"], "landmark_source": m["crop"].get("landmarks"),

@@ -25,11 +25,11 @@ import torch
 
 from fermetric import __version__
 from fermetric.errors import FermetricError
+from fermetric.model import NORMALIZATIONS  # what the network knows, the loader accepts
 from fermetric.runfolder import RunFolder
 
 # What a checkpoint's ``meta`` must hold for inference.
 REQUIRED_META = ("fermetric", "classes", "embedding_dim", "backbone", "crop", "model", "input_size", "in_chans", "normalization")
-NORMALIZATIONS = ("minus_one_to_one",)
 
 
 class ModelLoadError(FermetricError):
@@ -91,6 +91,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise ModelLoadError(f"{path}: checkpoint metadata lacks {', '.join(missing)} (written by fermetric {meta.get('fermetric', '?')})")
     check_version(str(meta["fermetric"]), path)
+    if (meta.get("crop") or {}).get("color", "gray") != "gray":
+        raise ModelLoadError(
+            f"{path}: a colour model (crop.color = {meta['crop']['color']!r}); training and evaluation in the run handle"
+            " colour, but predict/embed/explain/export read pictures in grayscale in this version: score it with the"
+            " run's own test split, or load the network with fermetric.inference.model.build_network"
+        )
     if meta["normalization"] not in NORMALIZATIONS:
         raise ModelLoadError(f"{path}: normalization {meta['normalization']!r} is unknown to this fermetric (knows {', '.join(NORMALIZATIONS)})")
     return state
@@ -187,6 +193,7 @@ def build_network(checkpoint: Checkpoint, host=None):
     recipe = {"backbone": dict(meta["backbone"]), "model": dict(meta["model"])}
     recipe["model"].setdefault("embedding_dim", meta["embedding_dim"])
     recipe["model"].setdefault("dropout", 0.0)
+    recipe["model"]["normalization"] = meta["normalization"]  # checkpoints before colour had no such model key
     try:
         network = build_model(host, recipe, len(meta["classes"]))
     except FermetricError as exc:

@@ -127,7 +127,7 @@ class TrainLoop:
             yield self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
 
     def run_iter(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x = self.augment(FERModel.normalize(x), self._gen).contiguous(memory_format=self.memory_format)
+        x = self.augment(self.net.normalize(x), self._gen).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             embeddings, logits = self.model(x)
         total, parts = self.objective(embeddings, logits, y)
