@@ -24,7 +24,7 @@ from .plugins import Component, PluginHost
 from .training.objective import LossTerm, Objective
 
 # The kinds a parameter of another component may name (``distance = "cosine"``, ``miner = {...}``).
-NESTED_KINDS = ("distance", "miner")
+NESTED_KINDS = recipe_mod.NESTED_KINDS
 
 
 def table_of(spec: str | dict[str, Any]) -> dict[str, Any]:

@@ -266,7 +266,7 @@ def crop(recipe: str, n: int, out: str | None, overrides: tuple[str, ...]) -> No
 @click.option("--seeds", type=int, help="Seeds per cell: seed s trains with train.seed + s (default: [ablate] seeds or 1).")
 @click.option("--baseline", metavar="CELL_OR_OVERRIDES",
               help="The cell the others are compared with: a cell id or KEY=VALUE[,KEY=VALUE] (default: the first cell).")
-@click.option("--out", type=click.Path(file_okay=False), help="Ablation folder (default: runs/<recipe name>_ablate).")
+@click.option("--out", type=click.Path(file_okay=False), help="Ablation folder (default: runs/<recipe file name without .toml>_ablate).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP + " Applies to every cell.")
 @click.option("--dry-run", is_flag=True, help="List the cells and their ids; train nothing.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed run instead of going on with the other cells.")

@@ -253,7 +253,8 @@ class Runner:
             write_json(self.run_info, self.folder.run_file)
         self._summarise_data(prepared)
         single = self.recipe["eval"]["protocol"] != "kfold"
-        per_fold = [self.run_fold(prepared, fold, self.folder if single else self.folder.fold(fold.index), len(folds))
+        # n_folds is the protocol's, not how many run now: --fold K of 10 is fold K/10 (and is skipped when done).
+        per_fold = [self.run_fold(prepared, fold, self.folder if single else self.folder.fold(fold.index), len(all_folds))
                     for fold in folds]
         status = Status.FINISHED
         if not single and only_fold is not None:

@@ -450,6 +450,9 @@ def with_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
         table = out.setdefault(section, {})
         for key, (_, default) in keys.items():
             table.setdefault(key, copy.deepcopy(default))
+    if "cache_dir" not in (recipe.get("train") or {}) and os.environ.get("FERMETRIC_CACHE_DIR"):
+        # One crop cache for every recipe that does not name its own (a shared disk, a test session).
+        out["train"]["cache_dir"] = os.environ["FERMETRIC_CACHE_DIR"]
     out.setdefault("crop", {}).setdefault("on_no_face", "fallback")
     out["crop"].setdefault("cache", True)
     for term in out.get("loss", []):

@@ -36,9 +36,13 @@ check_deps() {
 
 # timm imports torchvision, and PyPI's torchvision loads only beside its matching torch: pin the pair.
 TORCH_PIN=${FERMETRIC_TORCH_PIN:-"torch==2.14.1 torchvision==0.29.1"}
+# FERMETRIC_TORCH_INDEX: where torch comes from, e.g. https://download.pytorch.org/whl/cpu for the CPU-only build
+# (PyPI's default torch is the CUDA build, several GB); unset, pip's own configuration decides.
+TORCH_INDEX=()
+[ -n "${FERMETRIC_TORCH_INDEX:-}" ] && TORCH_INDEX=(--index-url "$FERMETRIC_TORCH_INDEX")
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
   echo "installing $TORCH_PIN ..." >&2
-  "${INSTALL[@]}" $TORCH_PIN
+  "${INSTALL[@]}" "${TORCH_INDEX[@]}" $TORCH_PIN
 fi
 "${INSTALL[@]}" -e ".[test,dlib]" $TORCH_PIN
 # Weights used by the mobilenet_v2 recipes: its metadata pins torch 1.6, so install it without dependencies.

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export MPLBACKEND=Agg
-.venv/bin/python -m pytest tests plugins -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest tests plugins -q -p no:cacheprovider --durations=15 "$@"

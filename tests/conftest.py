@@ -22,6 +22,20 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _crop_cache_outside_the_checkout(tmp_path_factory):
+    """Every test (and every subprocess it starts) caches crops in a session folder, never in the checkout's
+    .fermetric-cache, which a user's quick start would then read."""
+    cache = tmp_path_factory.mktemp("crop-cache")
+    previous = os.environ.get("FERMETRIC_CACHE_DIR")
+    os.environ["FERMETRIC_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("FERMETRIC_CACHE_DIR", None)
+    else:
+        os.environ["FERMETRIC_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def host():
     from fermetric.plugins import get_host

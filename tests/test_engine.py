@@ -168,6 +168,9 @@ def test_one_fold_of_kfold_is_a_partial_run_and_repeated_losses_get_own_columns(
     assert {"loss_emlf_1", "loss_emlf_2", "loss_cross_entropy"} <= set(RunFolder(out).fold(1).history()[0])
     engine.run_recipe(QUICKSTART, str(out), overrides, fold=0, resume=True)
     assert RunFolder(out).metrics()["folds"] == [0, 1]
+    done = RunFolder(out).fold(1).metrics_file.stat().st_mtime_ns
+    engine.run_recipe(QUICKSTART, str(out), overrides, fold=1, resume=True)
+    assert RunFolder(out).fold(1).metrics_file.stat().st_mtime_ns == done, "--fold K of a finished fold is skipped"
 
 
 def test_a_run_that_failed_before_training_can_be_rerun_without_resume(tmp_path, tiny_overrides, monkeypatch):

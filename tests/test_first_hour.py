@@ -77,6 +77,7 @@ def test_paths_in_a_recipe_are_relative_to_the_file_that_sets_them(tmp_path, mon
 
 
 def test_set_values_stay_relative_to_the_current_folder_absolute_and_home_paths(tmp_path, monkeypatch, host):
+    monkeypatch.delenv("FERMETRIC_CACHE_DIR")  # the default cache folder is what this checks (tests set one)
     folders_tree(tmp_path / "project" / "data" / "faces")
     recipe_file = write(tmp_path / "project" / "r.toml", """
         [data]
@@ -144,6 +145,7 @@ def test_recipe_command_works_from_another_folder(tmp_path):
 
 
 def test_matches_file_for_resume(tmp_path, monkeypatch, host):
+    monkeypatch.delenv("FERMETRIC_CACHE_DIR")  # the default cache folder, which moves with the current folder
     folders_tree(tmp_path / "data")
     recipe_file = write(tmp_path / "r.toml", """
         [data]
@@ -354,3 +356,11 @@ def test_bootstrap_explains_the_no_deps_conflicts(tmp_path):
     other = run_check("insightface 2.1 requires opencv-python, which is not installed.\n"
                       "foo 1.0 requires bar, which is not installed.\n")
     assert "warning: pip check reports dependency conflicts" in other and "foo 1.0 requires bar" in other
+
+
+def test_the_default_crop_cache_can_be_moved_with_an_environment_variable(tmp_path, monkeypatch, host):
+    monkeypatch.setenv("FERMETRIC_CACHE_DIR", str(tmp_path / "shared-cache"))
+    recipe = R.validate(R.load(REPO / "recipes" / "quickstart.toml"), host)
+    assert recipe["train"]["cache_dir"] == str(tmp_path / "shared-cache")
+    own = R.validate(R.load(REPO / "recipes" / "quickstart.toml", [f'train.cache_dir="{tmp_path / "mine"}"']), host)
+    assert own["train"]["cache_dir"] == str(tmp_path / "mine"), "a recipe's own cache_dir wins"

@@ -114,7 +114,7 @@ def run_ablation(recipe_path: str, grid: list[str] | tuple[str, ...] = (), seeds
         raise RecipeError("two grid cells got the same id; make the grid values distinct")
     base_cell = find_baseline(cells, baseline if baseline is not None else table.get("baseline", ""))
     grid_keys = list(axes)
-    out_dir = Path(out) if out else Path("runs") / f"{Path(recipe_path).stem}_ablate"
+    out_dir = Path(out) if out else Path("runs") / f"{recipe_mod.recipe_stem(recipe_path)}_ablate"
     folder = AblationFolder(out_dir)
 
     # Everything is checked before the first cell trains: an error in cell 7 of 8 should not wait hours.

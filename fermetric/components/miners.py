@@ -11,10 +11,17 @@ from pytorch_metric_learning import miners
 import fermetric
 from fermetric.errors import ParameterError
 
+def batch_hard(distance=None) -> miners.BatchEasyHardMiner:
+    """PML's BatchHardMiner (hardest positive and hardest negative per anchor). Registered as a function because
+    the class fixes its strategies but passes ``**kwargs`` on to a base whose ``pos_strategy``/``neg_strategy`` it
+    would then receive twice: the recipe must not see those as parameters."""
+    return miners.BatchHardMiner(**({"distance": distance} if distance is not None else {}))
+
+
 MINERS: dict[str, type] = {
     "triplet_margin": miners.TripletMarginMiner,
     "multi_similarity": miners.MultiSimilarityMiner,
-    "batch_hard": miners.BatchHardMiner,
+    "batch_hard": batch_hard,
     "batch_easy_hard": miners.BatchEasyHardMiner,
     "pair_margin": miners.PairMarginMiner,
     "angular": miners.AngularMiner,

@@ -278,9 +278,10 @@ def export(model, fmt, out, opset, dynamic_batch, batch, parity_images, device, 
     from .inputs import iter_items
 
     m = _load(model, device, fold, "auto")
-    if not out:
-        name = Path(model).stem if Path(model).is_file() else Path(model).resolve().name
-        out = f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}"
+    if not out:  # beside the model, not in the current folder (a clone's root would collect stray exports)
+        source = Path(model).resolve()
+        folder, name = (source.parent, source.stem) if source.is_file() else (source, source.name)
+        out = str(folder / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}")
     images = [i.image for i in iter_items(list(parity_images)) if i.image is not None][:64] if parity_images else None
     if parity_images and not images:
         raise FermetricError(f"--parity-images: none of {', '.join(parity_images)} could be read")

@@ -124,6 +124,10 @@ def export(model: Model, out: Path, fmt: str = "onnx", opset: int = 17, dynamic_
         if dynamic_batch:
             got_p, got_e = session.run(None, {"pixels": x.numpy()})
         else:
+            if len(x) < batch:  # a fixed batch larger than the parity crops: repeat them to fill one batch
+                x = x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch]
+                with torch.no_grad():
+                    ref_p, ref_e = wrapped(x)
             parts = [session.run(None, {"pixels": x[i : i + batch].numpy()}) for i in range(0, len(x) - len(x) % batch, batch)]
             got_p, got_e = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             ref_p, ref_e = ref_p[: len(got_p)], ref_e[: len(got_e)]
