@@ -29,7 +29,7 @@ from .data.protocols import Fold, make_folds
 from .errors import FermetricError, RecipeError, Terminated, describe_os_error
 from .evaluation.metrics import aggregate, classification_metrics, distance_stats, knn_metrics
 from .evaluation.plots import plot_confusion, plot_tsne
-from .model import predict
+from .model import pick_device, predict
 from .plugins import PluginHost, get_host
 from .progress import console
 from .runfolder import RunFolder, Status, load_checkpoint, write_json
@@ -40,14 +40,6 @@ from .training.distributed import (DistContext, ShardedBatchSampler, broadcast_p
 from .training.loop import TrainLoop, seed_everything
 from .training.optim import OptimizerStep, amp_dtype, make_optimizer, make_scheduler, model_groups
 from .training.transfer import check_compatible, load_parts, load_source, record
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FermetricError(f"train.device = {name!r} but CUDA is not available here; use \"auto\" or \"cpu\"")
-    return torch.device(name)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None, host: PluginHost) -> dict[str, Any]:

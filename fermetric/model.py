@@ -120,3 +120,18 @@ def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
     offsets = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
     crops = [torch.nn.functional.interpolate(x[..., i : i + ch, j : j + cw], size=(h, w), mode="bilinear", align_corners=False) for i, j in offsets]
     return crops + [c.flip(-1) for c in crops]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N``; CUDA asked for where there is none
+    is an error that says so."""
+    from fermetric.errors import FermetricError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise FermetricError(f"device {name!r}: CUDA is not available here; use \"auto\" or \"cpu\"")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise FermetricError(f"device {name!r}: {exc}") from exc

@@ -64,7 +64,9 @@ BAD_VALUES = [
     ('loss.1.variant="semihard"', "emlf: unknown variant 'semihard'"),
     ("train.sampler.m=5", "m_per_class sampler: m=5 does not fit batch_size=56"),
     ('loss.1.distance="manhatan"', "loss.1.distance.name: unknown distance 'manhatan'"),
-    ('backbone.name="timm"', None),  # a valid change: the next entries build on it
+    ("data.subjects=-3", "data.subjects: dataset 'synthetic' expects int >= 2, got int -3"),
+    ("data.per_class=-1", "data.per_class: dataset 'synthetic' expects int >= 1, got int -1"),
+    ("data.size=4", "data.size: dataset 'synthetic' expects int in [16, 1024]"),
 ]
 TIMM = ['backbone.name="timm"', 'backbone.model="resnet1888"']
 WEIGHTS = ['backbone.name="mobilenet_v2"', 'backbone.weights_file="pkg:no_such_weights_pkg/w.pth"']

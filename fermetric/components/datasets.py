@@ -11,11 +11,12 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 import fermetric
-from fermetric.contracts import IMAGE_SUFFIXES, FaceDataset, Sample
+from fermetric.contracts import IMAGE_SUFFIXES, FaceDataset, Range, Sample
 from fermetric.errors import FermetricError
 
 # The meta key that marks a sample refused before its file is opened, with the reason as its value; the pipeline
@@ -34,7 +35,7 @@ def manifest_dataset(
     rename: dict | None = None,
     skip_duplicates: bool = True,
     dedupe_by: str = "",
-    limit: int = 0,
+    limit: Annotated[int, Range(0)] = 0,
     allow_outside: bool = False,
 ) -> FaceDataset:
     """Images listed in a CSV manifest; paths are relative to the manifest's folder.
@@ -133,7 +134,7 @@ def folder_dataset(
     root: Path,
     split_dirs: list[str] | None = None,
     classes: list[str] | None = None,
-    limit: int = 0,
+    limit: Annotated[int, Range(0)] = 0,
     subject_level: bool = False,
     subjects_file: Path | None = None,
 ) -> FaceDataset:
@@ -219,7 +220,8 @@ def _read_subjects(path: Path) -> dict[str, str]:
     return mapping
 
 
-def synthetic_dataset(subjects: int = 24, per_class: int = 5, size: int = 48, seed: int = 0,
+def synthetic_dataset(subjects: Annotated[int, Range(2)] = 24, per_class: Annotated[int, Range(1)] = 5,
+                      size: Annotated[int, Range(16, 1024)] = 48, seed: Annotated[int, Range(0)] = 0,
                       color: bool = False) -> FaceDataset:
     """Procedurally drawn faces (see :mod:`fermetric.components.synthetic`): no download, known landmarks and subjects.
 

@@ -160,17 +160,6 @@ def load_checkpoint(path: str | Path, fold: int | None = None) -> Checkpoint:
     return Checkpoint(ckpt, choice, state, state["meta"])
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise FermetricError(f"device {name!r}: CUDA is not available here; use 'auto' or 'cpu'")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise FermetricError(f"device {name!r}: {exc}") from exc
-
-
 def _require_component(host, kind: str, name: str, path: Path) -> None:
     registry = host.registry(kind)
     if name not in registry:

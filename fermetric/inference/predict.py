@@ -16,9 +16,11 @@ import torch
 
 from fermetric.errors import FermetricError, NoFace
 
+from fermetric.model import pick_device
+
 from .faces import Face, FaceFinder
 from .inputs import Item, iter_items
-from .model import Checkpoint, build_network, load_checkpoint, pick_device
+from .model import Checkpoint, build_network, load_checkpoint
 
 TTA_MODES = ("none", "flip", "ten_crop")
 
