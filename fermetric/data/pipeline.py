@@ -205,13 +205,10 @@ class CropCache:
 
     def close(self) -> None:
         if self.db is not None:
-            try:
-                self.db.commit()
-            except sqlite3.DatabaseError as exc:
-                self._abandon()
-                raise self._damaged(exc) from None
-            self.db.close()
-            self.db = None
+            self.commit()  # a damaged database is abandoned (and reported) there
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
 
 def content_hash(sample: Sample, data: bytes | None = None) -> str:
