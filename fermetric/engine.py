@@ -99,6 +99,8 @@ class Runner:
         parts = ["fermetric", "run", self.recipe_path or str(self.folder.recipe_file), "--out", str(self.out)]
         for item in self.overrides:
             parts += ["--set", item]
+        if self.ctx.world_size > 1:  # as many processes again: a run resumes on the global batch it started with
+            parts += ["--nproc", str(self.ctx.world_size)]
         return shlex.join(parts + ["--resume"])
 
     # -- run folder -------------------------------------------------------------------------------------
