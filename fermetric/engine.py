@@ -167,6 +167,7 @@ class Runner:
             # again would cost minutes and rewrite the run's start and end times, which reports read as wall time.
             self.log(f"{self.out}: already finished, skipped")
             return self.folder.metrics()
+        finished_together = False
         try:
             # Only rank 0 owns the folder (lock, recipe.toml, run.json, log.txt); every rank trains.
             with self.folder.lock() if self.main else nullcontext():
@@ -184,7 +185,9 @@ class Runner:
                 if self.main:
                     write_json(self.run_info, self.folder.run_file)
                 with _sigterm_as_interrupt():
-                    return run_guarded(self._run, self.ctx, only_fold)
+                    metrics = run_guarded(self._run, self.ctx, only_fold)
+                finished_together = True
+                return metrics
         except KeyboardInterrupt as exc:
             if self.run_info:
                 signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
@@ -202,7 +205,8 @@ class Runner:
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
-            self.ctx.destroy()
+            # Ranks that all finished leave together; after a failure the others are not coming to a barrier.
+            self.ctx.destroy(wait_for_peers=finished_together)
 
     def _run(self, only_fold: int | None) -> dict[str, Any]:
         seed_everything(self.seed)

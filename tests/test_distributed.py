@@ -93,8 +93,14 @@ def _sampler_cases():
 
 
 def _launch(target, args, timeout: float):
+    """Start WORLD ranks as torchrun does: the rendezvous store lives in this (the launcher's) process, not in rank 0,
+    so no rank's exit can pull the store from under another rank's teardown (which aborts it: "terminate called
+    without an active exception")."""
+    import torch.distributed as dist
+
     ctx = mp.get_context("spawn")
     port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, WORLD, is_master=True, wait_for_workers=False)  # noqa: F841 - kept alive
     procs = [ctx.Process(target=target, args=(rank, port, *args)) for rank in range(WORLD)]
     for p in procs:
         p.start()
@@ -112,7 +118,8 @@ def _launch(target, args, timeout: float):
 
 def _env(rank: int, port: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                      TORCHELASTIC_USE_AGENT_STORE="True")  # connect to the launcher's store, as under torchrun
     torch.set_num_threads(1)
 
 

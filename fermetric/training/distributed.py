@@ -169,9 +169,18 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def destroy(self) -> None:
-        """Leave the process group (if this context created it)."""
+    def destroy(self, wait_for_peers: bool = True) -> None:
+        """Leave the process group (if this context created it).
+
+        ``wait_for_peers``: meet every rank at a barrier first, so that no rank tears its connections down while
+        another still uses them (gloo aborts the process then: "terminate called without an active exception").
+        Skipped when a rank failed: the others are not coming."""
         if self.owns_group and dist.is_initialized():
+            if wait_for_peers:
+                try:
+                    self.barrier()
+                except Exception:  # noqa: BLE001 - a peer that is gone: leave anyway
+                    pass
             dist.destroy_process_group()
         self.owns_group = False
 
