@@ -190,7 +190,7 @@ class Runner:
                 return metrics
         except KeyboardInterrupt as exc:
             if self.run_info:
-                signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                signal_name = ("SIGTERM" if isinstance(exc, Terminated) or getattr(exc, "exit_code", 130) == 143 else "Ctrl-C")
                 self._finish(Status.INTERRUPTED, f"{signal_name}; resumable")
                 self.log(f"[yellow]interrupted ({signal_name})[/]; continue with: {self.resume_command()}")
             raise

@@ -53,6 +53,15 @@ class PeerFailure(FermetricError):
     """This rank stopped because another rank failed; the message is that rank's error."""
 
 
+class PeerInterrupted(KeyboardInterrupt):
+    """This rank stopped because another rank was interrupted (Ctrl-C, SIGTERM): the run is interrupted and
+    resumable, not failed. ``exit_code`` is the interrupted rank's (130, or 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The context
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,7 +257,9 @@ def _store():
 
 def _describe(exc: BaseException, rank: int) -> str:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
-    return json.dumps({"rank": rank, "error": f"{type(exc).__name__}: {exc}", "traceback": tb})
+    return json.dumps({"rank": rank, "error": f"{type(exc).__name__}: {exc}", "traceback": tb,
+                       "interrupted": isinstance(exc, KeyboardInterrupt),
+                       "exit_code": int(getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1))})
 
 
 def _read_failure(store) -> dict | None:
@@ -341,6 +352,10 @@ def run_guarded(fn: Callable[..., T], ctx: DistContext, *args, poll_s: float = 0
             except Exception:  # noqa: BLE001
                 peer = None
         if peer is not None and peer["rank"] != ctx.rank:
+            if isinstance(exc, KeyboardInterrupt):
+                raise  # interrupted itself: torchrun forwards Ctrl-C and SIGTERM to every rank
+            if peer.get("interrupted"):
+                raise PeerInterrupted(_peer_message(peer), int(peer.get("exit_code", 130))) from None
             raise PeerFailure(_peer_message(peer)) from (None if isinstance(exc, PeerFailure) else exc)
         try:
             store.compare_set(FAILURE_KEY, "", _describe(exc, ctx.rank))
