@@ -193,7 +193,8 @@ def test_grid_results_csv_and_md(recipe_file, tmp_path, monkeypatch):
     out = tmp_path / "abl"
     result = run_ablation(str(recipe_file), GRID, seeds=2, out=str(out), show_table=False)
     assert len(fake.calls) == 4 * 2
-    assert sorted(c["recipe"]["train"]["seed"] for c in fake.calls) == [0] * 4 + [1] * 4
+    assert [c["recipe"]["train"]["seed"] for c in fake.calls] == [0] * 4 + [1] * 4, \
+        "seed by seed: every cell at seed 0 before any at seed 1, so a stopped ablation still pairs its cells"
     rows = read_csv(AblationFolder(out).results_csv)
     assert len(rows) == 4 * 2 * 2
     assert {"cell", "model.embedding_dim", "loss.1.weight", "seed", "train_seed", "fold", "accuracy", "macro_f1",

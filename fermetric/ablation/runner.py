@@ -154,7 +154,9 @@ def run_ablation(recipe_path: str, grid: list[str] | tuple[str, ...] = (), seeds
     def seed_run(cell: Cell, s: int) -> RunFolder:
         return folder.cell(cell.id).seed(s)
 
-    todo = [(cell, s) for cell in cells for s in range(n_seeds) if not seed_run(cell, s).is_finished()]
+    # Seed by seed, every cell at seed 0 first: an ablation stopped part-way still holds complete paired comparisons
+    # (the same folds in every cell) instead of every seed of the first cells and nothing of the others.
+    todo = [(cell, s) for s in range(n_seeds) for cell in cells if not seed_run(cell, s).is_finished()]
     done_before = total_runs - len(todo)
     if done_before:
         _say(f"{done_before} of {total_runs} runs already finished, skipped")
