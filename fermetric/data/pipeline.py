@@ -246,6 +246,16 @@ def _unreadable(key: str, exc: BaseException) -> dict[str, str]:
     return {"file": key, "reason": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _no_face(sample: Sample, status: str, policy: str, no_face: list[dict[str, str]]) -> bool:
+    """Apply ``crop.on_no_face`` to an image whose crop found no face: record it, stop the run (``error``), and say
+    whether the image is kept (``fallback``: the whole image resized) or dropped (``skip``)."""
+    reason = status.removeprefix("noface:")
+    if policy == "error":
+        raise FermetricError(f"{sample.key}: {reason} (crop.on_no_face = \"error\")")
+    no_face.append({"file": sample.key, "reason": reason, "action": policy})
+    return policy != "skip"
+
+
 def prepare(
     dataset: FaceDataset,
     cropper: Any,
@@ -367,11 +377,7 @@ def _prepare_memory(dataset: FaceDataset, cropper: Any, crop_table: dict[str, An
                     continue
                 hits += hit
                 if status != "ok":
-                    reason = status.removeprefix("noface:")
-                    if policy == "error":
-                        raise FermetricError(f"{sample.key}: {reason} (crop.on_no_face = \"error\")")
-                    no_face.append({"file": sample.key, "reason": reason, "action": policy})
-                    if policy == "skip":
+                    if not _no_face(sample, status, policy, no_face):
                         continue
                     try:
                         crop = _fallback(sample, data, image, (height, width), color)
@@ -481,13 +487,8 @@ def _prepare_mmap(dataset: FaceDataset, cropper: Any, crop_table: dict[str, Any]
         if status == "unreadable":
             unreadable_at.append((pos, dict(index["errors"][str(row)], file=sample.key)))
             continue
-        if status != "ok":
-            reason = status.removeprefix("noface:")
-            if policy == "error":
-                raise FermetricError(f"{sample.key}: {reason} (crop.on_no_face = \"error\")")
-            no_face.append({"file": sample.key, "reason": reason, "action": policy})
-            if policy == "skip":
-                continue
+        if status != "ok" and not _no_face(sample, status, policy, no_face):
+            continue
         rows.append(row)
         labels.append(class_index[sample.label])
         kept.append(sample)
