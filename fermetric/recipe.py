@@ -677,7 +677,20 @@ def matches_file(path: Path, recipe: dict[str, Any]) -> bool:
         return False
     for table in (saved, current):
         _drop_neutral(table)
+    _drop_added_defaults(saved, current)
     return _same(saved, current)
+
+
+def _drop_added_defaults(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Engine keys a newer fermetric added hold their defaults in a run started before they existed: a saved recipe
+    without such a key, where the current one has the default, is the same recipe (its run can be resumed)."""
+    for section, keys in SCHEMA.items():
+        old, new = saved.get(section), current.get(section)
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            continue
+        for key, (_, default) in keys.items():
+            if key not in old and key in new and new[key] == default:
+                del new[key]
 
 
 # Engine keys that say where or how data is read, not what is trained: a run may resume with other values.
@@ -694,6 +707,9 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
     """``key = new (was old)`` for every dotted key where two resolved recipes differ (as :func:`matches_file`
     compares them), for the message that refuses a resume."""
     out = []
+    if not prefix and isinstance(saved, dict) and isinstance(current, dict):
+        saved, current = copy.deepcopy(saved), copy.deepcopy(current)
+        _drop_added_defaults(saved, current)
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in sorted(set(saved) | set(current)):
             where = f"{prefix}{key}"

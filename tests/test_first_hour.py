@@ -364,3 +364,18 @@ def test_the_default_crop_cache_can_be_moved_with_an_environment_variable(tmp_pa
     assert recipe["train"]["cache_dir"] == str(tmp_path / "shared-cache")
     own = R.validate(R.load(REPO / "recipes" / "quickstart.toml", [f'train.cache_dir="{tmp_path / "mine"}"']), host)
     assert own["train"]["cache_dir"] == str(tmp_path / "mine"), "a recipe's own cache_dir wins"
+
+
+def test_a_run_started_before_an_engine_key_existed_still_resumes(tmp_path, host):
+    """A recipe.toml written before ``train.compile`` existed lacks it; with the key at its default the recipe is the
+    same (the run can resume), with another value it is not."""
+    recipe = R.validate(R.load(REPO / "recipes" / "quickstart.toml"), host)
+    old = tomllib.loads(R.dumps(recipe))
+    del old["train"]["compile"], old["model"]["normalization"]
+    saved = tmp_path / "recipe.toml"
+    saved.write_text(R.dumps(old))
+    assert R.matches_file(saved, recipe)
+    assert R.differences(old, tomllib.loads(R.dumps(recipe))) == []
+    changed = R.validate(R.load(REPO / "recipes" / "quickstart.toml", ["train.compile=true"]), host)
+    assert not R.matches_file(saved, changed)
+    assert R.differences(old, tomllib.loads(R.dumps(changed))) == ["train.compile = True (not in the saved recipe)"]
