@@ -372,7 +372,7 @@ def test_a_run_started_before_an_engine_key_existed_still_resumes(tmp_path, host
     recipe = R.validate(R.load(REPO / "recipes" / "quickstart.toml"), host)
     old = tomllib.loads(R.dumps(recipe))
     del old["train"]["compile"], old["model"]["normalization"]
-    saved = tmp_path / "recipe.toml"
+    saved = RunFolder(tmp_path).recipe_file
     saved.write_text(R.dumps(old))
     assert R.matches_file(saved, recipe)
     assert R.differences(old, tomllib.loads(R.dumps(recipe))) == []
