@@ -9,13 +9,14 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/transfer}
 FER=recipes/pidml/fer2013_mobilenet_pretrained.toml
 CK=recipes/pidml/ck48_transfer_96.toml
-# 1. The FER2013 sources, one per crop (input size and crop must match the CK+48 step).
+# Each crop's chain in turn (a stop leaves one chain complete): its FER2013 source (input size and crop must
+# match the CK+48 step), then CK+48 from it against ImageNet only ("" = no init_from), CE alone (weight 0)
+# against CE + EMLF. The loss weight is the outer axis, so the CE pair (FER2013 vs ImageNet) finishes first.
 .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_au_partial" --resume "$@"
-.venv/bin/fermetric run "$FER" --out "$OUT/fer2013_full_face" --set crop.name=full_face --set crop.size=96 --resume "$@"
-# 2. CK+48: from FER2013 against ImageNet only ("" = no init_from), CE alone (weight 0) against CE + EMLF.
 .venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_au_partial" \
-  --grid "model.init_from=\"$OUT/fer2013_au_partial\",\"\"" --grid loss.1.weight=0,0.5 \
-  --baseline "model.init_from=\"\",loss.1.weight=0" "$@"
+  --grid loss.1.weight=0,0.5 --grid "model.init_from=\"$OUT/fer2013_au_partial\",\"\"" \
+  --baseline "loss.1.weight=0,model.init_from=\"\"" "$@"
+.venv/bin/fermetric run "$FER" --out "$OUT/fer2013_full_face" --set crop.name=full_face --set crop.size=96 --resume "$@"
 .venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_full_face" --set crop.name=full_face --set crop.size=96 \
-  --grid "model.init_from=\"$OUT/fer2013_full_face\",\"\"" --grid loss.1.weight=0,0.5 \
-  --baseline "model.init_from=\"\",loss.1.weight=0" "$@"
+  --grid loss.1.weight=0,0.5 --grid "model.init_from=\"$OUT/fer2013_full_face\",\"\"" \
+  --baseline "loss.1.weight=0,model.init_from=\"\"" "$@"
