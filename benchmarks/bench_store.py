@@ -38,6 +38,18 @@ from fermetric.data.store import STORES_DIR, CropStore, open_or_build, open_stor
 from fermetric.model import FERModel, normalize  # noqa: E402
 
 
+def timed(batches):
+    """(batch, seconds spent waiting for it): the wait measured by the consumer, as the training loop does."""
+    iterator = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - t0
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -111,9 +123,10 @@ def scale_read(args) -> None:
         model = FERModel(FerCNN(in_chans=3, width=8, depth=3), 7, 32, in_chans=3)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
     t0 = time.perf_counter()
-    seen = 0
+    seen, wait = 0, 0.0
     checksum = 0
-    for x, y in loader:
+    for (x, y), waited in timed(loader):
+        wait += waited
         seen += len(x)
         if model is not None:
             _, logits = model(normalize(x))
@@ -124,10 +137,9 @@ def scale_read(args) -> None:
         else:
             checksum += int(x[:, :, 0, 0].sum())
     seconds = time.perf_counter() - t0
-    stats = loader.last_epoch
     print(f"one epoch of {seen} faces ({tuple(array.shape)}, {array.nbytes / 2**30:.2f} GiB on disk), batch"
           f" {args.batch_size}, workers {args.workers}, {'training a small fer_cnn' if model else 'reading only'}:"
-          f" {seconds:.1f} s, {seen / seconds:.0f} images/s, data wait {stats['data_fraction']:.1%};"
+          f" {seconds:.1f} s, {seen / seconds:.0f} images/s, data wait {wait / seconds:.1%};"
           f" this process's peak RSS {peak_rss_mb():.0f} MB (workers: see /usr/bin/time)")
 
 
@@ -175,10 +187,11 @@ def data_share(args) -> None:
                     seconds = time.perf_counter() - t0
                     fraction = wait / seconds
                 else:
-                    for x, y in loader:
+                    for (x, y), waited in timed(loader):
+                        wait += waited
                         step(x, y)
-                    seconds = loader.last_epoch["epoch_s"]
-                    fraction = loader.last_epoch["data_fraction"]
+                    seconds = time.perf_counter() - t0
+                    fraction = wait / seconds
             print(f"  {name:48s} {n / seconds:7.0f} images/s  data wait {fraction:6.1%}")
             del loader
 

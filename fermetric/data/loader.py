@@ -8,14 +8,12 @@ call (``__getitems__``), not image by image. The DataLoader gets its own ``torch
 iterator draws nothing from the global RNG: training with the loader sees the same random numbers (dropout,
 initialisation of later folds) as direct indexing.
 
-After each epoch :attr:`BatchLoader.last_epoch` holds the time the consumer spent waiting for data
-(``wait_s``), the epoch's wall time from the first request to the end (``epoch_s``) and their ratio
-(``data_fraction``): the share of the epoch spent waiting for data.
+The time spent waiting for data is measured by the consumer (the training loop's ``data_seconds``, for every
+batch source alike), not here.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -77,7 +75,6 @@ class BatchLoader:
         self.loader = DataLoader(self.dataset, batch_sampler=batch_sampler, num_workers=self.workers,
                                  pin_memory=self.pin_memory, collate_fn=_as_batch,
                                  generator=torch.Generator().manual_seed(0), **kwargs)
-        self.last_epoch: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -87,21 +84,5 @@ class BatchLoader:
             self.batch_sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        wait = 0.0
-        batches = 0
-        started = time.perf_counter()
-        iterator = iter(self.loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                images, labels = next(iterator)
-            except StopIteration:
-                break
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            wait += time.perf_counter() - t0
-            batches += 1
-            yield images, labels
-        epoch = time.perf_counter() - started
-        self.last_epoch = {"batches": batches, "wait_s": wait, "epoch_s": epoch,
-                           "data_fraction": wait / epoch if epoch > 0 else 0.0}
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
