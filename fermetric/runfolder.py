@@ -30,7 +30,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 # The file names, for messages that tell a person where to look ("see error.txt"); code uses the properties.
@@ -115,22 +115,37 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint loaded with ``weights_only=True`` (no arbitrary objects are ever unpickled); a truncated,
-    random or empty file is a FermetricError that says what to do, never a torch traceback."""
+RESUME_ADVICE = "Nothing can be resumed from it: delete it to restart that fold from its first epoch (the run's other files are kept)"
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu", *, needs: tuple[str, ...] = ("model",),
+                    error: Callable[[str], Exception] | None = None, advice: str = RESUME_ADVICE) -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True`` (no arbitrary objects are ever unpickled); a missing,
+    truncated, random or foreign file raises ``error(message)`` (a FermetricError by default), a message that names the file, what
+    is wrong with it and ``advice`` (what the caller's user should do), never a torch traceback.
+
+    The one place checkpoints are read: resuming (the engine), initialising from a run (``model.init_from``) and
+    loading a model for inference differ only in the keys they need, the error they raise and the advice."""
     import torch
 
     from fermetric.errors import FermetricError
 
+    error = error or FermetricError
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError: all mean "damaged"
-        raise FermetricError(
-            f"checkpoint {path} is damaged or not a fermetric checkpoint ({type(exc).__name__}: {exc}). Nothing can be"
-            f" resumed from it: delete it to restart that fold from its first epoch (the run's other files are kept)"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise FermetricError(f"checkpoint {path} holds no model weights; delete it to restart that fold")
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError, KeyError: all mean "damaged"
+        text = str(exc).strip()
+        first = text.splitlines()[0][:200] if text else ""
+        raise error(f"{path} is damaged or not a fermetric checkpoint (a weights-only torch.load failed:"
+                    f" {type(exc).__name__}{': ' + first if first else ''}). {advice}") from None
+    missing = [k for k in needs if not isinstance(state, dict) or k not in state]
+    if missing:
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        wanted = " and ".join(repr(k) for k in needs)
+        raise error(f"{path} is not a fermetric checkpoint: expected a dict with {wanted}, found {found}. {advice}")
     return state
 
 

@@ -158,7 +158,7 @@ def test_bad_model_files_give_one_clear_message(run_dir, tmp_path):
         fermetric.load_model(plain)
     text = tmp_path / "model.pt"
     text.write_text("hello")
-    with pytest.raises(ModelLoadError, match="model.pt is not a fermetric checkpoint"):
+    with pytest.raises(ModelLoadError, match="model.pt is damaged or not a fermetric checkpoint"):
         fermetric.load_model(text)
 
     state = torch.load(RunFolder(run_dir).best_checkpoint, weights_only=True)

@@ -85,7 +85,7 @@ def test_bad_sources_are_named(tmp_path):
     (tmp_path / "kfold" / "fold_00").mkdir(parents=True)
     (tmp_path / "empty").mkdir()
     for source, message in [(tmp_path / "nowhere", "neither a run folder nor a checkpoint file"),
-                            (tmp_path / "junk.pt", "is not a readable fermetric checkpoint"),
+                            (tmp_path / "junk.pt", "model.init_from: " + str(tmp_path / "junk.pt") + " is damaged or not a fermetric checkpoint"),
                             (tmp_path / "kfold", "is a k-fold run; name one fold's folder"),
                             (tmp_path / "empty", "holds no checkpoint")]:
         result = CliRunner().invoke(cli, ["run", QUICKSTART, "--out", str(tmp_path / "x"), "--set", f'model.init_from="{source}"'])

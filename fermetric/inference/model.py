@@ -27,6 +27,7 @@ from fermetric import __version__
 from fermetric.errors import FermetricError
 from fermetric.model import NORMALIZATIONS  # what the network knows, the loader accepts
 from fermetric.runfolder import RunFolder
+from fermetric.runfolder import load_checkpoint as load_checkpoint_file  # this module's load_checkpoint resolves runs
 
 # What a checkpoint's ``meta`` must hold for inference.
 REQUIRED_META = ("fermetric", "classes", "embedding_dim", "backbone", "crop", "model", "input_size", "in_chans", "normalization")
@@ -73,17 +74,8 @@ def check_version(written_by: str, path: Path) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dict, read with ``weights_only=True``: tensors and plain containers only, never arbitrary
     pickled objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler fails on foreign files with many types (KeyError too)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path} is not a fermetric checkpoint (a weights-only torch.load failed: {first[:200]})") from exc
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
-        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
-        raise ModelLoadError(f"{path} is not a fermetric checkpoint: expected a dict with 'model' and 'meta', found {keys}")
+    state = load_checkpoint_file(Path(path), needs=("model", "meta"), error=ModelLoadError,
+                            advice="Give the run folder or the checkpoint file (best.pt) of a fermetric run")
     meta = state["meta"]
     if not isinstance(meta, dict):
         raise ModelLoadError(f"{path}: 'meta' is a {type(meta).__name__}, not a table")

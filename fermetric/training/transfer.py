@@ -14,11 +14,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fermetric.errors import FermetricError, RecipeError
 from fermetric.model import FERModel
-from fermetric.runfolder import RunFolder
+from fermetric.runfolder import RunFolder, load_checkpoint
 
 PARTS = ("backbone", "backbone+embedding")
 # Backbone keys that say where weights came from, not what the network is.
@@ -48,12 +46,8 @@ def load_source(path: str | Path) -> tuple[Path, dict[str, Any], str]:
     """(checkpoint path, checkpoint, sha256 of the file), loaded with ``weights_only=True``."""
     ckpt = source_checkpoint(path)
     data = ckpt.read_bytes()
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a fermetric checkpoint"
-        raise RecipeError(f"model.init_from: {ckpt} is not a readable fermetric checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
-        raise RecipeError(f"model.init_from: {ckpt} is not a fermetric checkpoint (no model weights and metadata)")
+    state = load_checkpoint(ckpt, needs=("model", "meta"), error=lambda message: RecipeError(f"model.init_from: {message}"),
+                            advice="model.init_from names a fermetric run folder, one of its folds, or its best.pt")
     return ckpt, state, hashlib.sha256(data).hexdigest()
 
 
