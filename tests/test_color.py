@@ -202,8 +202,8 @@ def test_an_rgb_recipe_trains_end_to_end(tmp_path, tiny_overrides):
 
 
 def test_colour_and_imagenet_models_in_inference(tmp_path, tiny_overrides):
-    """An ImageNet-normalised model predicts and exports with its own normalisation; a colour model is refused by the
-    (grayscale) inference commands with a message saying so, not silently fed gray pictures."""
+    """An ImageNet-normalised model predicts with its own normalisation (the colour model's inference is tested
+    below)."""
     import numpy as np
 
     import fermetric
@@ -229,7 +229,63 @@ def test_colour_and_imagenet_models_in_inference(tmp_path, tiny_overrides):
     assert np.allclose(np.exp(logp[0]), [row.probabilities[c] for c in model.classes], atol=1e-5), \
         "the probabilities are the network's on ImageNet-normalised input"
     assert not torch.allclose(normalize(crop, "imagenet"), normalize(crop, "minus_one_to_one"))
-    _, rgb = run_recipe("recipes/quickstart.toml", str(tmp_path / "rgb"), tiny_overrides + [
+
+
+def test_a_colour_model_predicts_exports_and_explains_in_colour(tmp_path, tiny_overrides):
+    """Inference reads pictures the way the colour model trained: RGB crops (3, H, W) from RGB pixels, the same
+    probabilities as the network on the training pipeline's crop, from an array or a PNG file; the ONNX export
+    takes RGB and matches PyTorch; Grad-CAM panels are drawn."""
+    import json
+
+    from click.testing import CliRunner
+
+    import fermetric
+    from fermetric.cli import cli
+    from fermetric.data.pipeline import decode
+    from fermetric.engine import run_recipe
+    from fermetric.model import predict as raw_predict
+
+    _, rgb_run = run_recipe("recipes/quickstart.toml", str(tmp_path / "rgb"), tiny_overrides + [
         "data.color=true", 'crop.color="rgb"', "backbone.in_chans=3", "train.epochs=1"])
-    with pytest.raises(FermetricError, match="a colour model"):
-        fermetric.load_model(rgb)
+    model = fermetric.load_model(rgb_run)
+    assert model.color == "rgb"
+    face = synthetic.generate(n_subjects=1, per_class=1, size=48, seed=9, color=True)[3]
+    assert face.image.ndim == 3 and not np.array_equal(face.image[..., 0], face.image[..., 2]), "a colour picture"
+
+    (row,) = model.predict([face.to_face()])  # with its landmarks, as the quick start's cropper trained
+    assert row.status == "ok" and row.method == "given landmarks"
+    # The training path: decode in colour, the recipe's cropper, (N, 3, H, W).
+    from fermetric.build import build
+    from fermetric.contracts import Sample
+    from fermetric.plugins import get_host
+
+    cropper, _ = build(get_host(), "cropper", model.crop_table, where="crop")
+    pixels = decode(Sample(key="x", label=face.label, image=face.image), color="rgb")
+    train_crop = np.asarray(cropper(FaceImage(pixels, landmarks=face.landmarks)))
+    assert train_crop.shape == (*model.input_size, 3)
+    x = torch.from_numpy(np.ascontiguousarray(train_crop.transpose(2, 0, 1)))[None]
+    assert torch.equal(x[0], torch.from_numpy(model.crop(model.faces(face.image, face.landmarks)[0])))
+    _, logp = raw_predict(model.network, x, torch.device("cpu"))
+    assert np.allclose(np.exp(logp[0]), [row.probabilities[c] for c in model.classes], atol=1e-6)
+    # Colour reaches the network: the grey version of the same picture gives other probabilities.
+    gray = np.repeat(np.asarray(Image.fromarray(face.image).convert("L"))[:, :, None], 3, axis=2)
+    (gray_row,) = model.predict([FaceImage(gray, landmarks=face.landmarks)])
+    assert not np.allclose(list(gray_row.probabilities.values()), list(row.probabilities.values()), atol=1e-6)
+    # From a file (faces detected), as from the same pixels in an array.
+    png = tmp_path / "face.png"
+    Image.fromarray(face.image).save(png)
+    (file_row,), (array_row,) = model.predict(str(png)), model.predict([face.image])
+    assert file_row.status == "ok" and file_row.method == array_row.method
+    assert np.allclose(list(file_row.probabilities.values()), list(array_row.probabilities.values()), atol=1e-6)
+
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(cli, ["export", str(rgb_run), "--out", str(out), "--parity-images", str(png)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert card["input"]["shape"][1] == 3 and card["input"]["channels"] == "RGB"
+    assert card["parity"]["max_abs_diff_probabilities"] < 1e-4 and card["parity"]["source"] == "real images"
+
+    result = CliRunner().invoke(cli, ["explain", str(rgb_run), str(png), "--out", str(tmp_path / "cam")])
+    assert result.exit_code == 0, result.output
+    (panel,) = list((tmp_path / "cam").glob("*.png"))
+    assert np.asarray(Image.open(panel)).ndim == 3

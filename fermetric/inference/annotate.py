@@ -33,7 +33,7 @@ def picture_stem(source: str, frame: int | None) -> str:
 def draw(image: np.ndarray, rows: list[FaceResult], quads: list[np.ndarray | None], top_k: int = 3) -> np.ndarray:
     """BGR picture with every face's frame (rotated when it was aligned), label and top ``top_k`` probabilities."""
     scale = max(1, math.ceil(MIN_DRAW_SIDE / max(image.shape[:2])))
-    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)  # pictures are grey or RGB
     if scale > 1:
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     h, w = canvas.shape[:2]

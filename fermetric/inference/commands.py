@@ -282,7 +282,7 @@ def export(model, fmt, out, opset, dynamic_batch, batch, parity_images, device, 
         source = Path(model).resolve()
         folder, name = (source.parent, source.stem) if source.is_file() else (source, source.name)
         out = str(folder / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}")
-    images = [i.image for i in iter_items(list(parity_images)) if i.image is not None][:64] if parity_images else None
+    images = [i.image for i in iter_items(list(parity_images), color=m.color) if i.image is not None][:64] if parity_images else None
     if parity_images and not images:
         raise FermetricError(f"--parity-images: none of {', '.join(parity_images)} could be read")
     result = run_export(m, Path(out), fmt, opset, dynamic_batch, batch, images)

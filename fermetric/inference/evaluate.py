@@ -133,7 +133,7 @@ def evaluate(model: Model, dataset: FaceDataset, label_map: dict[str, str] | Non
     def pictures():
         for i, s in enumerate(dataset.samples):
             try:
-                image = array_image(s.image) if s.image is not None else decode_file(Path(s.path))
+                image = array_image(s.image, model.color) if s.image is not None else decode_file(Path(s.path), model.color)
             except ValueError as exc:
                 yield Item(s.key, i, status="unreadable", reason=str(exc))
                 continue

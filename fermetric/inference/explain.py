@@ -46,7 +46,8 @@ def grad_cam(model: Model, crop: np.ndarray, target: int | None = None) -> tuple
     was_training = network.training
     network.eval()  # batch norm with running statistics, dropout off: the model as it predicts
     try:
-        x = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(model.device)
+        x = torch.from_numpy(np.ascontiguousarray(crop))
+        x = (x[None, None] if x.ndim == 2 else x[None]).to(model.device)
         x = network.normalize(x).requires_grad_(True)
         with torch.enable_grad():
             _, logits = network(x)
@@ -76,8 +77,9 @@ def source_coordinates(model: Model, face: Face) -> np.ndarray:
         ramp = np.linspace(0, 255, n, dtype=np.float64)
         grid = np.broadcast_to(ramp[None, :] if axis == 1 else ramp[:, None], (h, w))
         ramp_img = FaceImage(np.ascontiguousarray(grid.round().astype(np.uint8)), path=img.path, landmarks=img.landmarks)
-        crop = model.crop(Face(ramp_img, face.method, face.box, face.quad, face.to_original)).astype(np.float64)
-        maps.append(crop / 255.0 * (n - 1))
+        # The cropper itself, not model.crop: a colour model's crop of a grey ramp is the ramp in every channel.
+        crop = np.asarray(model.cropper(ramp_img)).astype(np.float64)
+        maps.append((crop[..., 0] if crop.ndim == 3 else crop) / 255.0 * (n - 1))
     xy = np.stack(maps, -1)
     a = face.to_original
     return xy @ a[:, :2].T + a[:, 2]
@@ -102,8 +104,16 @@ def heat_on_picture(heat: np.ndarray, coords: np.ndarray, shape: tuple[int, int]
     return out.astype(np.float32), covered
 
 
-def overlay(gray: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """A picture or crop for OpenCV drawing: grey (H, W), RGB (H, W, 3) or a colour model's crop (3, H, W)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
+        image = image.transpose(1, 2, 0)
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
+    base = as_bgr(image).astype(np.float32)
     colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
     a = alpha if mask is None else alpha * mask.astype(np.float32)[..., None]
     return np.clip(base * (1 - a) + colour * a, 0, 255).astype(np.uint8)
@@ -125,10 +135,9 @@ def explain_face(model: Model, image: np.ndarray, face: Face, target: int | None
 def panel(model: Model, image: np.ndarray, face: Face, result: dict[str, Any]) -> np.ndarray:
     """One PNG: [partial image | Grad-CAM over it | Grad-CAM on the picture, around the face], with a caption."""
     side = 192
-    crop = cv2.resize(result["crop"], (side, side), interpolation=cv2.INTER_NEAREST)
+    left = cv2.resize(as_bgr(result["crop"]), (side, side), interpolation=cv2.INTER_NEAREST)
     heat = cv2.resize(result["heat"], (side, side), interpolation=cv2.INTER_LINEAR)
-    left = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
-    mid = overlay(crop, heat)
+    mid = overlay(cv2.cvtColor(left, cv2.COLOR_BGR2RGB), heat)
     # Around the face on the picture: its frame grown by a quarter.
     x0, y0, x1, y1 = face.box
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.625 * max(x1 - x0, y1 - y0)

@@ -1,7 +1,7 @@
 """Export the network for other runtimes: ONNX (checked against PyTorch with onnxruntime) or TorchScript.
 
-The exported graph takes what a cropper gives: ``pixels``, float32 (batch, in_chans, H, W) grey values in
-[0, 255], and does the normalisation itself, so a consumer only has to crop. It returns ``probabilities``
+The exported graph takes what a cropper gives: ``pixels``, float32 (batch, in_chans, H, W) pixel values in
+[0, 255] (grey, or RGB for a colour model), and does the normalisation itself, so a consumer only has to crop. It returns ``probabilities``
 (softmax over the classes) and ``embedding``. The crop itself stays outside the graph, as in training: the JSON
 sidecar (``<file>.json``) states it (cropper table, landmark source, what to do with raw photos), with the input
 size, channels, normalisation and classes.
@@ -56,10 +56,11 @@ def sidecar(model: Model, fmt: str, opset: int | None, dynamic_batch: bool, batc
         "checkpoint_choice": model.choice,
         "classes": model.classes,
         "input": {"name": "pixels", "dtype": "float32", "shape": ["batch" if dynamic_batch else batch, int(m["in_chans"]), h, w],
-                  "channels": "grayscale" if int(m["in_chans"]) == 1 else f"{m['in_chans']} channels",
+                  "channels": ("RGB" if model.color == "rgb" else "grayscale"
+                               + ("" if int(m["in_chans"]) == 1 else f", repeated to {m['in_chans']} channels")),
                   "value_range": [0, 255], "normalization": m["normalization"],
                   "normalization_in_graph": ("x / 127.5 - 1" if m["normalization"] == "minus_one_to_one" else
-                                             "(x / 255 - mean) / std, ImageNet's") + " (done inside the graph: feed raw grey values)"},
+                                             "(x / 255 - mean) / std, ImageNet's") + " (done inside the graph: feed raw pixel values)"},
         "outputs": [{"name": "probabilities", "shape": ["batch", len(model.classes)], "meaning": "softmax over classes, in this order"},
                     {"name": "embedding", "shape": ["batch", int(m["embedding_dim"])], "meaning": "the metric-learning embedding (not L2-normalised)"}],
         "preprocessing": {"crop": m["crop"], "landmark_source": m["crop"].get("landmarks"),
@@ -87,8 +88,11 @@ def parity_inputs(model: Model, images: list[np.ndarray] | None, n: int = 16) ->
             found = model.faces(f.image, f.landmarks)
             if found:
                 crops.append(model.crop(found[0]))
-    x = np.stack(crops[:n])[:, None]
-    return np.repeat(x, int(model.meta["in_chans"]), axis=1) if int(model.meta["in_chans"]) > 1 else x
+    x = np.stack(crops[:n])
+    if x.ndim == 3:  # grey crops: one channel, repeated as the network repeats it
+        x = x[:, None]
+        return np.repeat(x, int(model.meta["in_chans"]), axis=1) if int(model.meta["in_chans"]) > 1 else x
+    return x
 
 
 def export(model: Model, out: Path, fmt: str = "onnx", opset: int = 17, dynamic_batch: bool = True, batch: int = 1,

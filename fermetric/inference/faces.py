@@ -216,17 +216,19 @@ class FaceFinder:
     def find(self, image: np.ndarray, landmarks: np.ndarray | None = None, path: str = "") -> list[Face]:
         """The faces in ``image`` (largest first); empty when there is none. ``landmarks``: 68 points given by the
         caller (one face), used instead of a detector."""
-        gray = to_gray(image)
+        # Detectors read grey; the crops are cut from the picture's own pixels (RGB for a colour model).
+        pixels = np.asarray(image)[..., :3] if np.asarray(image).ndim == 3 else to_gray(image)
+        gray = to_gray(pixels)
         h, w = gray.shape
         if self.mode == "cropper":
-            return [Face(FaceImage(gray, path=path, landmarks=landmarks), "cropper", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))]
+            return [Face(FaceImage(pixels, path=path, landmarks=landmarks), "cropper", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))]
         if landmarks is not None:
-            return [self._from_landmarks(gray, np.asarray(landmarks, np.float32), "given landmarks", path)]
+            return [self._from_landmarks(pixels, np.asarray(landmarks, np.float32), "given landmarks", path)]
         if self._whole_image(gray):
-            return [self._whole(gray, path)]
+            return [self._whole(pixels, path)]
         if self.detector == "dlib":
-            return [self._from_landmarks(gray, pts, "dlib", path) for pts in _detector("dlib").detect_all(gray)]
-        return [self._from_box(gray, box, path) for box in _detector("haar")(gray)]
+            return [self._from_landmarks(pixels, pts, "dlib", path) for pts in _detector("dlib").detect_all(gray)]
+        return [self._from_box(pixels, box, path) for box in _detector("haar")(gray)]
 
     def _whole_image(self, gray: np.ndarray) -> bool:
         if self.detector == "none":
@@ -235,12 +237,12 @@ class FaceFinder:
         # and re-aligning it to the mean template would only move it away from its training framing.
         return self.requested == "auto" and self.mode == "aligned_crop" and max(gray.shape) <= ALIGNED_CROP_MAX_RATIO * self.size
 
-    def _whole(self, gray: np.ndarray, path: str) -> Face:
+    def _whole(self, pixels: np.ndarray, path: str) -> Face:
         from fermetric.components.landmarks import template_landmarks
 
-        h, w = gray.shape
+        h, w = pixels.shape[:2]
         lms = template_landmarks(h, w) if self.mode == "landmarks" else None
-        return Face(FaceImage(gray, path=path, landmarks=lms), "whole image", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))
+        return Face(FaceImage(pixels, path=path, landmarks=lms), "whole image", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))
 
     def _template_frame(self, pts: np.ndarray) -> np.ndarray:
         """2x3 similarity from image pixels onto a ``size`` x ``size`` aligned crop (template framing)."""
@@ -249,25 +251,25 @@ class FaceFinder:
         target = template_landmarks(self.size, self.size)
         return similarity(pts[STABLE_POINTS], target[STABLE_POINTS])
 
-    def _from_landmarks(self, gray: np.ndarray, pts: np.ndarray, method: str, path: str) -> Face:
+    def _from_landmarks(self, pixels: np.ndarray, pts: np.ndarray, method: str, path: str) -> Face:
         to_crop = self._template_frame(pts)
         to_original = _invert(to_crop)
         s = self.size
         if self.mode == "landmarks":
             # The cropper works on the original image with these landmarks; the frame is only drawn.
             quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
-            return Face(FaceImage(gray, path=path, landmarks=pts), method, _box_of(quad), quad)
+            return Face(FaceImage(pixels, path=path, landmarks=pts), method, _box_of(quad), quad)
         if self.crop_name == "full_face" and self.margin:
             # full_face on a haar model crops the box plus its margin: frame that much more face.
             grow = np.array([[1 / (1 + 2 * self.margin), 0, 0], [0, 1 / (1 + 2 * self.margin), 0]])
             grow[:, 2] = (s / 2 - 0.5) * (1 - grow[0, 0])
             to_crop = (np.vstack([grow, [0, 0, 1]]) @ np.vstack([to_crop, [0, 0, 1]]))[:2]
             to_original = _invert(to_crop)
-        crop = warp(gray, to_crop, s, s, border=cv2.BORDER_REPLICATE)
+        crop = warp(pixels, to_crop, s, s, border=cv2.BORDER_REPLICATE)
         quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
         return Face(FaceImage(crop, path=path), method, _box_of(quad), quad, to_original)
 
-    def _from_box(self, gray: np.ndarray, box: tuple[float, float, float, float], path: str) -> Face:
+    def _from_box(self, pixels: np.ndarray, box: tuple[float, float, float, float], path: str) -> Face:
         from fermetric.components.landmarks import template_landmarks
 
         x0, y0, x1, y1 = box
@@ -275,7 +277,7 @@ class FaceFinder:
             tpl = template_landmarks(1, 1) + 0.5  # [0, 1] box coordinates
             pts = (np.array([x0, y0]) + tpl * np.array([x1 - x0, y1 - y0]) - 0.5).astype(np.float32)
             quad = _quad_of_box(*box)
-            return Face(FaceImage(gray, path=path, landmarks=pts), "haar", box, quad)
+            return Face(FaceImage(pixels, path=path, landmarks=pts), "haar", box, quad)
         if self.crop_name == "full_face" and self.margin:
             dx, dy = self.margin * (x1 - x0), self.margin * (y1 - y0)
             x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
@@ -284,7 +286,7 @@ class FaceFinder:
         sx, sy = s / (x1 - x0), s / (y1 - y0)
         to_crop = np.array([[sx, 0, -0.5 - sx * (x0 - 0.5)], [0, sy, -0.5 - sy * (y0 - 0.5)]])
         to_original = _invert(to_crop)
-        crop = warp(gray, to_crop, s, s, border=cv2.BORDER_REPLICATE)
+        crop = warp(pixels, to_crop, s, s, border=cv2.BORDER_REPLICATE)
         quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
         return Face(FaceImage(crop, path=path), "haar", _box_of(quad), quad, to_original)
 

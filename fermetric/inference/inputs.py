@@ -1,6 +1,7 @@
 """What ``predict`` accepts, turned into a stream of pictures: files, folders, globs, videos, arrays, PIL images.
 
-Every input yields :class:`Item`\\ s in order. An item either carries a grayscale image or says why there is none
+Every input yields :class:`Item`\\ s in order. An item either carries an image (grayscale (H, W) uint8, or RGB
+(H, W, 3) uint8 with ``color="rgb"``, for a colour model) or says why there is none
 (``status`` ``unreadable``/``skipped`` and a ``reason``), so one bad file becomes one row of the output instead of
 ending the run. Files are decoded here, not by the training pipeline: a user's folder holds anything (a truncated
 JPEG, a CSV beside the photos, a 16-bit TIFF), and each must be judged on its own.
@@ -37,17 +38,21 @@ class Item:
     reason: str = ""
 
 
-def decode_file(path: Path) -> np.ndarray:
-    """HxW uint8 grayscale pixels of an image file, decoded exactly as training decodes (fermetric.data.decode:
-    EXIF orientation, 16-bit and float scaling, bombs and non-regular files refused); raises ValueError with the
-    reason when the file is not a readable image."""
+COLORS = ("gray", "rgb")
+
+
+def decode_file(path: Path, color: str = "gray") -> np.ndarray:
+    """HxW uint8 grayscale (or HxWx3 RGB) pixels of an image file, decoded exactly as training decodes
+    (fermetric.data.decode: EXIF orientation, 16-bit and float scaling, bombs and non-regular files refused);
+    raises ValueError with the reason when the file is not a readable image."""
     from fermetric.data.decode import decode_file as decode
 
-    return decode(path)
+    return decode(path, color)
 
 
-def array_image(value: np.ndarray) -> np.ndarray:
-    """Grayscale uint8 from an array: HxW, HxWx3 (RGB) or HxWx4; floats in [0, 1] are scaled to [0, 255]."""
+def array_image(value: np.ndarray, color: str = "gray") -> np.ndarray:
+    """Grayscale uint8 (or RGB HxWx3 uint8 with ``color="rgb"``) from an array: HxW, HxWx3 (RGB) or HxWx4; floats
+    in [0, 1] are scaled to [0, 255]."""
     arr = np.asarray(value)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise ValueError(f"an image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
@@ -57,6 +62,10 @@ def array_image(value: np.ndarray) -> np.ndarray:
         arr = arr * 255.0
     if arr.dtype.kind in "fc":
         arr = np.nan_to_num(arr.real)
+    if color == "rgb":
+        from fermetric.data.decode import array_to_rgb8
+
+        return array_to_rgb8(np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr)
     return to_gray(arr)
 
 
@@ -108,13 +117,16 @@ def _is_pil(value: Any) -> bool:
     return isinstance(value, Image.Image)
 
 
-def iter_items(inputs: Any, every: int = 1) -> Iterator[Item]:
+def iter_items(inputs: Any, every: int = 1, color: str = "gray") -> Iterator[Item]:
     """One :class:`Item` per picture, in order. ``every``: keep every Nth frame of a video (frame 0 first).
+    ``color``: ``gray`` or ``rgb``, what the model reads (its ``crop.color``).
 
     Files named explicitly are tried as images whatever their suffix; files found in a folder or by a glob are
     skipped (with a row saying so) unless their suffix is an image's or a video's. Ready :class:`Item`\\ s pass
     through (with their position as index).
     """
+    if color not in COLORS:
+        raise ValueError(f"color = {color!r}; expected one of {', '.join(COLORS)}")
     for index, value in enumerate(expand(inputs)):
         if isinstance(value, Item):
             value.index = index
@@ -122,15 +134,15 @@ def iter_items(inputs: Any, every: int = 1) -> Iterator[Item]:
         elif isinstance(value, _Missing):
             yield Item(value.source, index, status=value.status, reason=value.reason)
         elif isinstance(value, _File):
-            yield from _file_items(value.path, index, every, value.listed)
+            yield from _file_items(value.path, index, every, value.listed, color)
         elif isinstance(value, FaceImage):
             name = value.path or f"<face {index}>"
-            yield _safe(lambda: Item(name, index, array_image(value.image), landmarks=value.landmarks), name, index)
+            yield _safe(lambda: Item(name, index, array_image(value.image, color), landmarks=value.landmarks), name, index)
         elif isinstance(value, np.ndarray):
-            yield _safe(lambda: Item(f"<array {index}>", index, array_image(value)), f"<array {index}>", index)
+            yield _safe(lambda: Item(f"<array {index}>", index, array_image(value, color)), f"<array {index}>", index)
         elif _is_pil(value):
             name = getattr(value, "filename", "") or f"<image {index}>"
-            yield _safe(lambda: Item(name, index, np.asarray(value.convert("L"), dtype=np.uint8)), name, index)
+            yield _safe(lambda: Item(name, index, np.asarray(value.convert("RGB" if color == "rgb" else "L"), dtype=np.uint8)), name, index)
         else:
             yield Item(f"<input {index}>", index, status="unreadable", reason=f"unsupported input type {type(value).__name__}")
 
@@ -142,25 +154,25 @@ def _safe(make, source: str, index: int) -> Item:
         return Item(source, index, status="unreadable", reason=str(exc))
 
 
-def _file_items(path: Path, index: int, every: int, listed: bool) -> Iterator[Item]:
+def _file_items(path: Path, index: int, every: int, listed: bool, color: str) -> Iterator[Item]:
     source = str(path)
     if not path.exists():
         yield Item(source, index, status="unreadable", reason="file not found")
         return
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        yield from _video_items(path, index, every)
+        yield from _video_items(path, index, every, color)
         return
     if listed and suffix not in IMAGE_SUFFIXES:
         yield Item(source, index, status="skipped", reason=f"not an image or video file (suffix {suffix or 'none'!r})")
         return
     try:
-        yield Item(source, index, decode_file(path))
+        yield Item(source, index, decode_file(path, color))
     except ValueError as exc:
         yield Item(source, index, status="unreadable", reason=str(exc))
 
 
-def _video_items(path: Path, index: int, every: int) -> Iterator[Item]:
+def _video_items(path: Path, index: int, every: int, color: str) -> Iterator[Item]:
     source = str(path)
     cap = cv2.VideoCapture(source)
     try:
@@ -179,8 +191,11 @@ def _video_items(path: Path, index: int, every: int) -> Iterator[Item]:
             if not ok or bgr is None:
                 break
             t = frame / fps if fps > 0 else float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
-            gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            yield Item(source, index, np.ascontiguousarray(gray), frame=frame, time_s=round(t, 4))
+            if color == "rgb":
+                pixels = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB if bgr.ndim == 2 else cv2.COLOR_BGR2RGB)
+            else:
+                pixels = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            yield Item(source, index, np.ascontiguousarray(pixels), frame=frame, time_s=round(t, 4))
             kept += 1
             frame += 1
         if kept == 0:

@@ -83,12 +83,6 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise ModelLoadError(f"{path}: checkpoint metadata lacks {', '.join(missing)} (written by fermetric {meta.get('fermetric', '?')})")
     check_version(str(meta["fermetric"]), path)
-    if (meta.get("crop") or {}).get("color", "gray") != "gray":
-        raise ModelLoadError(
-            f"{path}: a colour model (crop.color = {meta['crop']['color']!r}); training and evaluation in the run handle"
-            " colour, but predict/embed/explain/export read pictures in grayscale in this version: score it with the"
-            " run's own test split, or load the network with fermetric.inference.model.build_network"
-        )
     if meta["normalization"] not in NORMALIZATIONS:
         raise ModelLoadError(f"{path}: normalization {meta['normalization']!r} is unknown to this fermetric (knows {', '.join(NORMALIZATIONS)})")
     return state

@@ -96,6 +96,8 @@ class Model:
         self.device = pick_device(device)
         self.network = build_network(checkpoint, host).to(self.device)
         self.crop_table = dict(self.meta["crop"])
+        # What the network reads: grey crops (N, 1, H, W), or RGB ones (N, 3, H, W) for crop.color = "rgb".
+        self.color = str(self.crop_table.get("color", "gray"))
         self.finder = FaceFinder(self.crop_table, self.input_size, detect)
         table = self.finder.cropper_table(self.crop_table)
         try:
@@ -135,16 +137,20 @@ class Model:
         return self.finder.find(image, landmarks, path)
 
     def crop(self, face: Face) -> np.ndarray:
-        """The network's input for one face (uint8, ``input_size``); raises NoFace when the cropper finds none."""
-        crop = np.asarray(self.cropper(face.face_image))
-        if crop.ndim == 3:
-            import cv2
+        """The network's input for one face, uint8: (H, W) grey, or (3, H, W) RGB for a colour model (the layout
+        training stacked its crops in); raises NoFace when the cropper finds none."""
+        import cv2
 
+        crop = np.asarray(self.cropper(face.face_image))
+        if self.color == "rgb":
+            crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB) if crop.ndim == 2 else crop[..., :3]
+            return np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.uint8)
+        if crop.ndim == 3:
             crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
         return np.ascontiguousarray(crop, dtype=np.uint8)
 
     def forward_crops(self, crops: np.ndarray, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings, probabilities) of uint8 crops (N, H, W) or (N, 1, H, W)."""
+        """(embeddings, probabilities) of uint8 crops (N, H, W), (N, 1, H, W) or, colour, (N, 3, H, W)."""
         from fermetric.model import predict
 
         x = torch.from_numpy(np.ascontiguousarray(crops))
@@ -163,7 +169,7 @@ class Model:
             raise FermetricError("batch_size and every must be at least 1")
         pending: list[_Pending] = []
         n_crops = 0
-        for item in iter_items(inputs, every=every):
+        for item in iter_items(inputs, every=every, color=self.color):
             work = self._prepare(item, all_faces)
             pending.append(work)
             n_crops += sum(c is not None for c in work.crops)
