@@ -109,7 +109,8 @@ CHOICES = {
 
 # Allowed ranges of the engine's numbers: (low, high, low inclusive, high inclusive); None is unbounded.
 RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
-    ("model", "embedding_dim"): (1, None, True, True),
+    # Upper bounds far above any real setting stop a typo from allocating gigabytes (found by fuzzing).
+    ("model", "embedding_dim"): (1, 65536, True, True),
     ("model", "dropout"): (0, 1, True, False),
     ("train", "epochs"): (1, None, True, True),
     ("train", "batch_size"): (1, None, True, True),

@@ -46,11 +46,11 @@ def sets(items):
 # -- bad values: exit 2, the key named, no traceback, no data work ---------------------------------------------
 BAD_VALUES = [
     ("train.lr=-1", "train.lr = -1: must be >= 0"),
-    ("model.embedding_dim=0", "model.embedding_dim = 0: must be >= 1"),
+    ("model.embedding_dim=0", "model.embedding_dim = 0: must be in [1, 65536]"),
     ('train.device="gpu"', "train.device = 'gpu'"),
     ("train.epochs=0", "train.epochs = 0: must be >= 1"),
     ("backbone.depth=-4", "backbone.depth: backbone 'fer_cnn' expects int in [1, 8], got int -4"),
-    ("backbone.width=-8", "backbone.width: backbone 'fer_cnn' expects int >= 1"),
+    ("backbone.width=-8", "backbone.width: backbone 'fer_cnn' expects int in [1, 1024], got int -8"),
     ("eval.test_fraction=1.5", "eval.test_fraction = 1.5: must be in (0, 1)"),
     ("eval.test_fraction=0", "eval.test_fraction = 0: must be in (0, 1)"),
     ("train.val_fraction=1.0", "train.val_fraction = 1.0: must be in [0, 1)"),
@@ -64,9 +64,14 @@ BAD_VALUES = [
     ('loss.1.variant="semihard"', "emlf: unknown variant 'semihard'"),
     ("train.sampler.m=5", "m_per_class sampler: m=5 does not fit batch_size=56"),
     ('loss.1.distance="manhatan"', "loss.1.distance.name: unknown distance 'manhatan'"),
-    ("data.subjects=-3", "data.subjects: dataset 'synthetic' expects int >= 2, got int -3"),
-    ("data.per_class=-1", "data.per_class: dataset 'synthetic' expects int >= 1, got int -1"),
+    ("data.subjects=-3", "data.subjects: dataset 'synthetic' expects int in [2, 10000], got int -3"),
+    ("data.per_class=-1", "data.per_class: dataset 'synthetic' expects int in [1, 1000], got int -1"),
     ("data.size=4", "data.size: dataset 'synthetic' expects int in [16, 1024]"),
+    # Sizes that would allocate gigabytes (the fuzz test below once drove the machine out of memory with one).
+    ("backbone.width=20000", "backbone.width: backbone 'fer_cnn' expects int in [1, 1024], got int 20000"),
+    ("model.embedding_dim=1280000", "model.embedding_dim = 1280000: must be in [1, 65536]"),
+    ("crop.size=48000", "size = 48000 is outside [8, 1024] pixels"),
+    ("data.subjects=100000", "data.subjects: dataset 'synthetic' expects int in [2, 10000]"),
 ]
 TIMM = ['backbone.name="timm"', 'backbone.model="resnet1888"']
 WEIGHTS = ['backbone.name="mobilenet_v2"', 'backbone.weights_file="pkg:no_such_weights_pkg/w.pth"']

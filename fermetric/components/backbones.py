@@ -44,7 +44,7 @@ def resolve_weights_file(spec: str | Path) -> Path:
 class FerCNN(nn.Module):
     """A VGG-style CNN for small grayscale faces: ``depth`` blocks of two 3x3 convs, batch norm and pooling."""
 
-    def __init__(self, in_chans: Annotated[int, Range(1)] = 1, width: Annotated[int, Range(1)] = 32,
+    def __init__(self, in_chans: Annotated[int, Range(1, 16)] = 1, width: Annotated[int, Range(1, 1024)] = 32,
                  depth: Annotated[int, Range(1, 8)] = 4, dropout: Annotated[float, Range(0, 1, high_inclusive=False)] = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
@@ -68,7 +68,7 @@ class FerCNN(nn.Module):
 
 
 def timm_backbone(
-    model: str = "resnet18", in_chans: Annotated[int, Range(1)] = 1, pretrained: bool = False, weights_file: Path | str = "",
+    model: str = "resnet18", in_chans: Annotated[int, Range(1, 16)] = 1, pretrained: bool = False, weights_file: Path | str = "",
     drop_rate: Annotated[float, Range(0, 1, high_inclusive=False)] = 0.0,
 ) -> nn.Module:
     """Any timm model by name (``timm.list_models("resnet*")``), as a pooled-feature extractor.
@@ -99,8 +99,8 @@ class MobileNetV2(nn.Module):
     """torchvision's MobileNetV2, ImageNet weights optional from a local file; grayscale input by summing the
     first convolution's RGB filters (the usual way to keep pretrained filters for one channel)."""
 
-    def __init__(self, in_chans: Annotated[int, Range(1)] = 1, weights_file: Path | str = "",
-                 width_mult: Annotated[float, Range(0, None, low_inclusive=False)] = 1.0):
+    def __init__(self, in_chans: Annotated[int, Range(1, 16)] = 1, weights_file: Path | str = "",
+                 width_mult: Annotated[float, Range(0, 8, low_inclusive=False)] = 1.0):
         super().__init__()
         from torchvision.models import mobilenet_v2
 

@@ -71,13 +71,17 @@ def _pixels(image: np.ndarray) -> np.ndarray:
     return to_gray(image)
 
 
+# Far above any FER input; it stops a typo (48000) from allocating gigabytes per crop.
+MAX_CROP_SIZE = 1024
+
+
 def _check_common(landmarks: str, size: int) -> None:
     if landmarks not in LANDMARK_SOURCES:
         raise CropperParamError(
             f"landmarks = {landmarks!r} is not a landmark source; valid: {', '.join(LANDMARK_SOURCES)}"
         )
-    if int(size) < 8:
-        raise CropperParamError(f"size = {size} is too small (at least 8 pixels)")
+    if not 8 <= int(size) <= MAX_CROP_SIZE:
+        raise CropperParamError(f"size = {size} is outside [8, {MAX_CROP_SIZE}] pixels")
     if landmarks == "dlib":
         require_dlib()
 

@@ -220,7 +220,7 @@ def _read_subjects(path: Path) -> dict[str, str]:
     return mapping
 
 
-def synthetic_dataset(subjects: Annotated[int, Range(2)] = 24, per_class: Annotated[int, Range(1)] = 5,
+def synthetic_dataset(subjects: Annotated[int, Range(2, 10_000)] = 24, per_class: Annotated[int, Range(1, 1000)] = 5,
                       size: Annotated[int, Range(16, 1024)] = 48, seed: Annotated[int, Range(0)] = 0,
                       color: bool = False) -> FaceDataset:
     """Procedurally drawn faces (see :mod:`fermetric.components.synthetic`): no download, known landmarks and subjects.
