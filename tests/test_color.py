@@ -288,4 +288,37 @@ def test_a_colour_model_predicts_exports_and_explains_in_colour(tmp_path, tiny_o
     result = CliRunner().invoke(cli, ["explain", str(rgb_run), str(png), "--out", str(tmp_path / "cam")])
     assert result.exit_code == 0, result.output
     (panel,) = list((tmp_path / "cam").glob("*.png"))
-    assert np.asarray(Image.open(panel)).ndim == 3
+    # The panel's left square is the crop the network read, in its own colours (not channel-swapped).
+    left = np.asarray(Image.open(panel).convert("RGB"))[:192, :192].reshape(-1, 3).mean(0)
+    crop_rgb = model.crop(model.faces(np.asarray(Image.open(png)))[0]).reshape(3, -1).mean(1)
+    assert np.abs(left - crop_rgb).max() < 3, (left, crop_rgb)
+    assert abs(crop_rgb[0] - crop_rgb[2]) > 10, "a face whose red and blue differ, so a swap would show"
+    # A grey picture given to a colour model: the grey value in all three channels.
+    grey_crop = model.crop(model.faces(np.asarray(Image.fromarray(face.image).convert("L")), face.landmarks)[0])
+    assert grey_crop.shape[0] == 3 and np.array_equal(grey_crop[0], grey_crop[1]) and np.array_equal(grey_crop[1], grey_crop[2])
+
+
+@pytest.mark.parametrize("color", ["gray", "rgb"])
+def test_inference_decodes_arrays_and_pil_images_as_training_does(color):
+    """Arrays and PIL images handed to predict are decoded by training's rules (uint16 scaled, bool as 0/255,
+    floats rounded, 16-bit PIL modes scaled, EXIF orientation), in grey or in colour."""
+    from fermetric.contracts import Sample
+    from fermetric.data.pipeline import decode
+    from fermetric.inference.inputs import iter_items
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 65536, (6, 5, 3)).astype(np.uint16), rng.random((6, 5)) > 0.5,
+              np.full((6, 5, 3), 0.5), rng.integers(0, 4096, (6, 5)).astype(np.int32)]
+    for array in arrays:
+        (item,) = iter_items([array], color=color)
+        assert item.status == "ok"
+        assert np.array_equal(item.image, decode(Sample(key="a", label="happy", image=array), color=color)), array.dtype
+    deep = Image.fromarray(rng.integers(0, 65536, (6, 5)).astype(np.uint16))
+    assert deep.mode.startswith("I")
+    buffer = io.BytesIO()
+    deep.save(buffer, format="PNG")
+    from fermetric.data.decode import decode_bytes
+
+    (item,) = iter_items([deep], color=color)
+    assert np.array_equal(item.image, decode_bytes(buffer.getvalue(), color=color))
+    assert item.image.max() < 255 or item.image.min() > 0, "scaled, not clipped to white"

@@ -11,7 +11,7 @@ and checked again on the open descriptor, and read once (at most :data:`MAX_FILE
 Pixels are decoded by Pillow with a pixel limit (:data:`MAX_PIXELS`): a header claiming more pixels (a
 "decompression bomb", e.g. a 100-byte PNG claiming 60000x60000) is refused before any pixel is allocated.
 
-From a mode to 8-bit gray (the whole pipeline is grayscale):
+From a mode to 8-bit gray (the default; RGB below):
 
 * 8-bit modes (``1``, ``L``, ``P``, ``LA``, ``PA``, ``RGB``, ``RGBA``, ``CMYK``, ``YCbCr``, ...): Pillow's
   conversion to ``L`` (ITU-R 601-2 luma, palettes looked up, CMYK through RGB); an alpha channel is ignored

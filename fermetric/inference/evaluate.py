@@ -126,14 +126,14 @@ def evaluate(model: Model, dataset: FaceDataset, label_map: dict[str, str] | Non
 
     from fermetric.evaluation.metrics import classification_metrics
 
-    from .inputs import array_image, decode_file
+    from fermetric.data.pipeline import decode
 
     scored, left_out = resolve_labels(list(dataset.classes), model.classes, label_map or {})
 
     def pictures():
         for i, s in enumerate(dataset.samples):
             try:
-                image = array_image(s.image, model.color) if s.image is not None else decode_file(Path(s.path), model.color)
+                image = decode(s, color=model.color)  # exactly as training decodes the dataset's images
             except ValueError as exc:
                 yield Item(s.key, i, status="unreadable", reason=str(exc))
                 continue

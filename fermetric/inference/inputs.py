@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from fermetric.contracts import IMAGE_SUFFIXES, FaceImage, to_gray
+from fermetric.contracts import IMAGE_SUFFIXES, FaceImage
+from fermetric.data.pipeline import COLORS
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 GLOB_CHARS = set("*?[")
@@ -38,9 +39,6 @@ class Item:
     reason: str = ""
 
 
-COLORS = ("gray", "rgb")
-
-
 def decode_file(path: Path, color: str = "gray") -> np.ndarray:
     """HxW uint8 grayscale (or HxWx3 RGB) pixels of an image file, decoded exactly as training decodes
     (fermetric.data.decode: EXIF orientation, 16-bit and float scaling, bombs and non-regular files refused);
@@ -51,22 +49,28 @@ def decode_file(path: Path, color: str = "gray") -> np.ndarray:
 
 
 def array_image(value: np.ndarray, color: str = "gray") -> np.ndarray:
-    """Grayscale uint8 (or RGB HxWx3 uint8 with ``color="rgb"``) from an array: HxW, HxWx3 (RGB) or HxWx4; floats
-    in [0, 1] are scaled to [0, 255]."""
+    """Grayscale uint8 (or RGB HxWx3 uint8 with ``color="rgb"``) from an array: HxW, HxWx1, HxWx3 (RGB) or HxWx4
+    (alpha ignored), by the rules training applies to in-memory images (fermetric.data.decode: floats in [0, 1]
+    scaled by 255, other floats and integers by their range, uint16 by the 16-bit rule, bool as 0/255)."""
+    from fermetric.data.decode import array_to_gray8, array_to_rgb8
+
     arr = np.asarray(value)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise ValueError(f"an image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.dtype.kind == "f" and arr.size and np.nanmax(arr) <= 1.0:
-        arr = arr * 255.0
-    if arr.dtype.kind in "fc":
-        arr = np.nan_to_num(arr.real)
-    if color == "rgb":
-        from fermetric.data.decode import array_to_rgb8
+    if arr.dtype.kind == "c":
+        arr = arr.real
+    return array_to_rgb8(arr) if color == "rgb" else array_to_gray8(arr)
 
-        return array_to_rgb8(np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr)
-    return to_gray(arr)
+
+def pil_image(value: Any, color: str = "gray") -> np.ndarray:
+    """A PIL image's pixels as training decodes a file: EXIF orientation applied, 16-bit, 32-bit and float modes
+    scaled (not clipped), RGB for ``color="rgb"``."""
+    from PIL import ImageOps
+
+    from fermetric.data.decode import image_to_gray8, image_to_rgb8
+
+    image = ImageOps.exif_transpose(value) or value
+    return image_to_rgb8(image) if color == "rgb" else image_to_gray8(image)
 
 
 def _is_batch(arr: np.ndarray) -> bool:
@@ -142,7 +146,7 @@ def iter_items(inputs: Any, every: int = 1, color: str = "gray") -> Iterator[Ite
             yield _safe(lambda: Item(f"<array {index}>", index, array_image(value, color)), f"<array {index}>", index)
         elif _is_pil(value):
             name = getattr(value, "filename", "") or f"<image {index}>"
-            yield _safe(lambda: Item(name, index, np.asarray(value.convert("RGB" if color == "rgb" else "L"), dtype=np.uint8)), name, index)
+            yield _safe(lambda: Item(name, index, pil_image(value, color)), name, index)
         else:
             yield Item(f"<input {index}>", index, status="unreadable", reason=f"unsupported input type {type(value).__name__}")
 

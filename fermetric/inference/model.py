@@ -26,6 +26,7 @@ import torch
 from fermetric import __version__
 from fermetric.errors import FermetricError
 from fermetric.model import NORMALIZATIONS  # what the network knows, the loader accepts
+from fermetric.data.pipeline import COLORS  # what a checkpoint's crop.color may be
 from fermetric.runfolder import RunFolder
 from fermetric.runfolder import load_checkpoint as load_checkpoint_file  # this module's load_checkpoint resolves runs
 
@@ -83,6 +84,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise ModelLoadError(f"{path}: checkpoint metadata lacks {', '.join(missing)} (written by fermetric {meta.get('fermetric', '?')})")
     check_version(str(meta["fermetric"]), path)
+    if (meta.get("crop") or {}).get("color", "gray") not in COLORS:
+        raise ModelLoadError(f"{path}: crop.color {meta['crop']['color']!r} is unknown to this fermetric (knows {', '.join(COLORS)})")
     if meta["normalization"] not in NORMALIZATIONS:
         raise ModelLoadError(f"{path}: normalization {meta['normalization']!r} is unknown to this fermetric (knows {', '.join(NORMALIZATIONS)})")
     return state
