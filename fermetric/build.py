@@ -53,6 +53,11 @@ def build(host: PluginHost, kind: str, table: dict[str, Any], engine_keys: set[s
         pass  # no introspectable signature: let the call decide
     try:
         return component.factory(**params), component
+    except RecipeError as exc:
+        # A component names its parameter ("size = 48000 ..."); the user needs the recipe key it came from.
+        if str(exc).startswith(where):
+            raise
+        raise RecipeError(f"{where}: {exc}") from None
     except FermetricError:
         raise
     except Exception as exc:

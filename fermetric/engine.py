@@ -372,7 +372,7 @@ class Runner:
         return metrics
 
     def _restore(self, loop: TrainLoop, folder: RunFolder, prepared: Prepared, fold: Fold) -> None:
-        state = load_checkpoint(folder.last_checkpoint, self.device)
+        state = load_checkpoint(folder.last_checkpoint, self.device, needs=("model", "meta", "losses", "epoch", "best"))
         saved_digest = state["meta"].get("split_digest")  # absent in checkpoints of fermetric before it was kept
         if saved_digest is not None and saved_digest != self._split_digest(prepared, fold):
             raise FermetricError(
@@ -425,7 +425,9 @@ class Runner:
         cfg_eval = self.recipe["eval"]
         selected = "last"
         if self.train_cfg["select"] == "best" and len(fold.val) and folder.best_checkpoint.exists():
-            model.load_state_dict(load_checkpoint(folder.best_checkpoint, self.device)["model"])
+            model.load_state_dict(load_checkpoint(
+                folder.best_checkpoint, self.device,
+                advice="Its best epoch cannot be tested: delete it and resume, and the fold is tested with its last epoch")["model"])
             selected = f"best (epoch {best['epoch'] + 1}, val accuracy {best['score']:.4f})"
         test_y = prepared.labels[fold.test].numpy()
         test_emb, test_logits = predict(model, self._images(prepared, fold.test), self.device, tta=cfg_eval["tta"])

@@ -143,7 +143,9 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", *, needs: tuple[str, 
                     f" {type(exc).__name__}{': ' + first if first else ''}). {advice}") from None
     missing = [k for k in needs if not isinstance(state, dict) or k not in state]
     if missing:
-        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        keys = sorted(map(str, state)) if isinstance(state, dict) else []
+        found = (str(keys[:8])[:-1] + f", ... ({len(keys)} keys)]" if len(keys) > 8 else str(keys)) \
+            if isinstance(state, dict) else type(state).__name__
         wanted = " and ".join(repr(k) for k in needs)
         raise error(f"{path} is not a fermetric checkpoint: expected a dict with {wanted}, found {found}. {advice}")
     return state

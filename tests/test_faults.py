@@ -80,6 +80,7 @@ WEIGHTS = ['backbone.name="mobilenet_v2"', 'backbone.weights_file="pkg:no_such_w
 @pytest.mark.parametrize("overrides, message", [([o], m) for o, m in BAD_VALUES if m] + [
     (TIMM, "timm has no model 'resnet1888'"),
     (WEIGHTS, "weights package 'no_such_weights_pkg' is not installed"),
+    (["backbone.width=1024", "backbone.depth=5"], "backbone: width = 1024 with depth = 5 makes a last block of 16384 channels"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_bad_values_exit_2_naming_the_key_before_any_data_work(tmp_path, overrides, message):
     cache = tmp_path / "cache"
@@ -165,14 +166,18 @@ def test_a_failure_is_a_final_failed_status_with_the_reason(tmp_path, monkeypatc
     assert out.status() == "failed" and "the disk said no" in out.run_info()["reason"]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "weights only"])
 def test_a_damaged_checkpoint_is_a_clear_error_and_best_still_loads(tmp_path, host, damage):
     out, overrides = _killed_run(tmp_path, host)
     data = out.last_checkpoint.read_bytes()
-    out.last_checkpoint.write_bytes({"truncated": data[: len(data) // 2], "random": os.urandom(4096), "empty": b""}[damage])
+    if damage == "weights only":  # a torch file, but without the training state resuming needs
+        torch.save({"model": torch.load(out.last_checkpoint, weights_only=True)["model"]}, out.last_checkpoint)
+    else:
+        out.last_checkpoint.write_bytes({"truncated": data[: len(data) // 2], "random": os.urandom(4096), "empty": b""}[damage])
     result = CliRunner().invoke(cli, ["run", QUICKSTART, "--out", str(out.root), "--resume", *sets(overrides)], obj=None)
     assert result.exit_code == 1, result.output
-    assert "is damaged" in result.output and "delete it" in result.output
+    assert ("is damaged" if damage != "weights only" else "expected a dict with 'model' and 'meta' and 'losses'") in result.output
+    assert "delete it" in result.output
     assert "Traceback" not in result.output and "Aborted" not in result.output
     assert torch.load(out.best_checkpoint, weights_only=True)["epoch"] == 0, "the previous checkpoint is intact"
 

@@ -41,12 +41,20 @@ def resolve_weights_file(spec: str | Path) -> Path:
     return path
 
 
+# The widest block of a fer_cnn (width * 2**(depth - 1) channels): far above the 256-512 of FER networks, and a
+# bound on memory (8192 channels: ~1.2e9 weights in the last block alone, about 5 GB).
+MAX_FER_CNN_CHANNELS = 8192
+
+
 class FerCNN(nn.Module):
     """A VGG-style CNN for small grayscale faces: ``depth`` blocks of two 3x3 convs, batch norm and pooling."""
 
     def __init__(self, in_chans: Annotated[int, Range(1, 16)] = 1, width: Annotated[int, Range(1, 1024)] = 32,
                  depth: Annotated[int, Range(1, 8)] = 4, dropout: Annotated[float, Range(0, 1, high_inclusive=False)] = 0.0):
         super().__init__()
+        if width * 2 ** (depth - 1) > MAX_FER_CNN_CHANNELS:
+            raise ParameterError(f"width = {width} with depth = {depth} makes a last block of {width * 2 ** (depth - 1)}"
+                             f" channels; at most {MAX_FER_CNN_CHANNELS} (lower width or depth)")
         layers: list[nn.Module] = []
         channels = in_chans
         for i in range(depth):
