@@ -119,7 +119,9 @@ class TrainLoop:
         """(uint8 images, labels) on the device, batch by batch in the sampler's order. Crops held on the device are
         indexed there; a :attr:`loader` (a DataLoader over a memory-mapped store) is used when one is set."""
         if self.loader is not None:
-            yield from self.loader  # it copies to the device itself (pinned, non-blocking on CUDA)
+            # BatchLoader has copied them (pinned, non-blocking) and .to() is then free; another loader may not have.
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             return
         for batch in self.sampler:
             idx = torch.as_tensor(batch, device=self.images.device)
