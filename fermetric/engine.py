@@ -318,8 +318,11 @@ class Runner:
         dtype = amp_dtype(self.device, bool(cfg["amp"]))
         if self.init_source is not None:
             ckpt, state, _, parts = self.init_source
-            loaded = load_parts(model, state, parts)
-            self.log(f"initialised {len(loaded)} tensors ({parts}) from {ckpt}; new classifier for {len(prepared.classes)} classes")
+            loaded, adapted = load_parts(model, state, parts)
+            channels = (f"; {', '.join(adapted)} adapted from {state['meta'].get('in_chans', 1)} to"
+                        f" {self.recipe['backbone'].get('in_chans', 1)} input channels (exact for grey input)") if adapted else ""
+            self.log(f"initialised {len(loaded)} tensors ({parts}) from {ckpt}; new classifier for"
+                     f" {len(prepared.classes)} classes{channels}")
         optimizer = make_optimizer([*model_groups(model, cfg), *objective.parameter_groups(float(cfg["lr"]))], cfg)
         step = OptimizerStep(optimizer, make_scheduler(optimizer, cfg), dtype, float(cfg["grad_clip"]), model.parameters(),
                              after_backward=(lambda: sync_loss_parameters(loss_modules)) if self.ctx.distributed else None)

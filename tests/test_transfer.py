@@ -63,11 +63,44 @@ def test_backbone_lr_multiplier_makes_its_own_group(tmp_path, tiny_overrides):
     assert lrs["backbone"] == pytest.approx(0.001) and lrs["head"] == pytest.approx(0.01)
 
 
+def test_a_grey_source_initialises_a_three_channel_backbone_exactly(source, tmp_path, tiny_overrides):
+    """1 -> 3 input channels (a grey source into a backbone that reads the grey crop repeated, as ImageNet weights
+    do): the first convolution is adapted, and on grey input it computes what the source's did."""
+    import fermetric
+
+    overrides = tiny_overrides + [f'model.init_from="{source.root}"', "backbone.in_chans=3", "train.lr=0.0",
+                                  "train.weight_decay=0.0", "train.epochs=1"]
+    _, out = engine.run_recipe(QUICKSTART, str(tmp_path / "rgb_in"), overrides)
+    assert "adapted from 1 to 3 input channels" in RunFolder(out).log_file.read_text()
+    theirs, ours = fermetric.load_model(source.root).network.eval(), fermetric.load_model(out).network.eval()
+    assert ours.in_chans == 3 and theirs.in_chans == 1
+    grey = torch.rand(4, 1, 48, 48) * 2 - 1
+    first_theirs, first_ours = theirs.backbone.features[0], ours.backbone.features[0]  # lr 0: still as loaded
+    assert first_ours.weight.shape[1] == 3
+    with torch.no_grad():
+        assert torch.allclose(first_theirs(grey), first_ours(grey.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_adapt_input_conv_is_exact_for_grey_input_both_ways():
+    from fermetric.errors import FermetricError
+    from fermetric.training.transfer import adapt_input_conv
+
+    grey = torch.rand(2, 1, 9, 9)
+    for c_in, c_out in ((1, 3), (3, 1)):
+        weight = torch.randn(5, c_in, 3, 3)
+        new = adapt_input_conv(weight, c_out)
+        assert new.shape == (5, c_out, 3, 3)
+        before = torch.nn.functional.conv2d(grey.expand(-1, c_in, -1, -1), weight)
+        after = torch.nn.functional.conv2d(grey.expand(-1, c_out, -1, -1), new)
+        assert torch.allclose(before, after, atol=1e-5)
+    with pytest.raises(FermetricError, match="cannot adapt a 3-channel input convolution to 4 channels"):
+        adapt_input_conv(torch.randn(5, 3, 3, 3), 4)
+
+
 @pytest.mark.parametrize("override, message", [
     ("backbone.width=8", "backbone.width = 8 here, 16 in the source"),
     ('backbone.name="mobilenet_v2"', "backbone 'mobilenet_v2' here, 'fer_cnn' in the source"),
     ("crop.size=32", "input size [32, 32] here"),
-    ("backbone.in_chans=3", "3 input channel(s) here, 1 in the source"),
     ("model.embedding_dim=32", "model.embedding_dim = 32 here, 64 in the source"),
 ])
 def test_mismatches_are_errors_before_any_data_work(source, tmp_path, override, message):

@@ -4,8 +4,10 @@ The source is a run folder (its selected checkpoint, ``best.pt``, else ``last.pt
 or a checkpoint file. What is loaded is ``model.init_parts``: the backbone, or the backbone and the embedding layer.
 The classifier always starts afresh for the new run's classes: a FER2013 head (with neutral, without contempt)
 has nothing to say about CK+48's classes (contempt, no neutral), and reusing rows by class name would tie the new
-head to the old label set. Everything that must match (backbone architecture, input size, channels, embedding size
-when the embedding is loaded) is checked before any data work, with one message naming what differs.
+head to the old label set. Everything that must match (backbone architecture, input size, embedding size when the embedding
+is loaded) is checked before any data work, with one message naming what differs. Input channels may differ between
+1 and N (a grey source into a backbone that reads the grey crop repeated in 3 channels, as ImageNet weights do): the
+first convolution is adapted exactly for grey input (:func:`adapt_input_conv`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fermetric.errors import FermetricError, RecipeError
 from fermetric.model import FERModel
@@ -68,8 +72,10 @@ def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: t
         problems += diff
     if list(meta.get("input_size", [])) != list(input_size):
         problems.append(f"input size {list(input_size)} here (the cropper's output), {meta.get('input_size')} in the source")
-    if int(meta.get("in_chans", 1)) != int(in_chans):
-        problems.append(f"{in_chans} input channel(s) here, {meta.get('in_chans', 1)} in the source")
+    theirs_c, ours_c = int(meta.get("in_chans", 1)), int(in_chans)
+    if theirs_c != ours_c and 1 not in (theirs_c, ours_c):
+        problems.append(f"{in_chans} input channel(s) here, {theirs_c} in the source (only 1 <-> N channels can be"
+                        " adapted)")
     if parts == "backbone+embedding" and int(meta.get("embedding_dim", -1)) != int(recipe["model"]["embedding_dim"]):
         problems.append(f"model.embedding_dim = {recipe['model']['embedding_dim']} here, {meta.get('embedding_dim')} in the"
                         " source (or set model.init_parts = \"backbone\")")
@@ -77,15 +83,39 @@ def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: t
         raise RecipeError("model.init_from: the source model does not fit this recipe: " + "; ".join(problems))
 
 
-def load_parts(model: FERModel, state: dict[str, Any], parts: str) -> list[str]:
-    """Copy the chosen parts of the source's weights into ``model``; returns the parameter names loaded."""
+def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A first convolution's weight (out, c, k, k) for ``channels`` input channels, exact for grey input: fermetric
+    feeds a grey crop to an N-channel backbone as the grey value repeated N times, so 1 -> N divides the kernel by N
+    in every channel and N -> 1 sums the channels; either way a grey image gives the same activations as before.
+    (timm's ``adapt_input_conv`` assumes an RGB source; a fermetric source is often grey.)"""
+    have = weight.shape[1]
+    if have == channels:
+        return weight
+    if have == 1:
+        return weight.repeat(1, channels, 1, 1) / channels
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    raise FermetricError(f"model.init_from: cannot adapt a {have}-channel input convolution to {channels} channels")
+
+
+def load_parts(model: FERModel, state: dict[str, Any], parts: str) -> tuple[list[str], list[str]]:
+    """Copy the chosen parts of the source's weights into ``model``; returns (the parameter names loaded, those of
+    them adapted to another number of input channels)."""
     prefixes = ("backbone.",) if parts == "backbone" else ("backbone.", "embedding.")
     chosen = {k: v for k, v in state["model"].items() if k.startswith(prefixes)}
+    target = model.state_dict()
+    adapted = []
+    for key, value in chosen.items():
+        want = target.get(key)
+        if (want is not None and value.ndim == 4 and want.ndim == 4 and value.shape[1] != want.shape[1]
+                and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]):
+            chosen[key] = adapt_input_conv(value, want.shape[1])
+            adapted.append(key)
     missing, unexpected = model.load_state_dict(chosen, strict=False)
     missing = [k for k in missing if k.startswith(prefixes)]
     if missing or unexpected:
         raise FermetricError(f"model.init_from: weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return sorted(chosen)
+    return sorted(chosen), adapted
 
 
 def record(ckpt: Path, state: dict[str, Any], sha256: str, parts: str) -> dict[str, Any]:
