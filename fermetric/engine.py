@@ -319,7 +319,7 @@ class Runner:
         if self.init_source is not None:
             ckpt, state, _, parts = self.init_source
             loaded, adapted = load_parts(model, state, parts)
-            channels = (f"; {', '.join(adapted)} adapted from {state['meta'].get('in_chans', 1)} to"
+            channels = (f"; {', '.join(adapted)} adapted from {state['meta']['backbone'].get('in_chans', 1)} to"
                         f" {self.recipe['backbone'].get('in_chans', 1)} input channels (exact for grey input)") if adapted else ""
             self.log(f"initialised {len(loaded)} tensors ({parts}) from {ckpt}; new classifier for"
                      f" {len(prepared.classes)} classes{channels}")

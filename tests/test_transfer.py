@@ -123,3 +123,17 @@ def test_bad_sources_are_named(tmp_path):
                             (tmp_path / "empty", "holds no checkpoint")]:
         result = CliRunner().invoke(cli, ["run", QUICKSTART, "--out", str(tmp_path / "x"), "--set", f'model.init_from="{source}"'])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_channel_check_reads_the_backbones_not_the_crops():
+    """meta["in_chans"] is the crops' channels (1 for grey); what must fit is the backbone's own in_chans: a grey
+    run with a 3-channel backbone (ImageNet weights) is a valid source for another such run."""
+    from fermetric.errors import RecipeError
+    from fermetric.training.transfer import check_compatible
+
+    meta = {"backbone": {"name": "mobilenet_v2", "in_chans": 3}, "input_size": [96, 96], "in_chans": 1}
+    recipe = {"backbone": {"name": "mobilenet_v2", "in_chans": 3}, "model": {"embedding_dim": 128}}
+    check_compatible(meta, recipe, (96, 96), 3, "backbone")  # no error
+    check_compatible(meta, {**recipe, "backbone": {"name": "mobilenet_v2", "in_chans": 1}}, (96, 96), 1, "backbone")
+    with pytest.raises(RecipeError, match="backbone.in_chans = 4 here, 3 in the source"):
+        check_compatible(meta, {**recipe, "backbone": {"name": "mobilenet_v2", "in_chans": 4}}, (96, 96), 4, "backbone")

@@ -72,9 +72,11 @@ def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: t
         problems += diff
     if list(meta.get("input_size", [])) != list(input_size):
         problems.append(f"input size {list(input_size)} here (the cropper's output), {meta.get('input_size')} in the source")
-    theirs_c, ours_c = int(meta.get("in_chans", 1)), int(in_chans)
+    # The backbones' own input channels (meta["in_chans"] is the crops' channels: a grey crop may feed a
+    # 3-channel backbone, repeated).
+    theirs_c, ours_c = int(meta.get("backbone", {}).get("in_chans", 1)), int(in_chans)
     if theirs_c != ours_c and 1 not in (theirs_c, ours_c):
-        problems.append(f"{in_chans} input channel(s) here, {theirs_c} in the source (only 1 <-> N channels can be"
+        problems.append(f"backbone.in_chans = {ours_c} here, {theirs_c} in the source (only 1 <-> N channels can be"
                         " adapted)")
     if parts == "backbone+embedding" and int(meta.get("embedding_dim", -1)) != int(recipe["model"]["embedding_dim"]):
         problems.append(f"model.embedding_dim = {recipe['model']['embedding_dim']} here, {meta.get('embedding_dim')} in the"
