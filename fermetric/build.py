@@ -144,9 +144,17 @@ def recipe_components(host: PluginHost, recipe: dict[str, Any]) -> list[Componen
 def dry_build(host: PluginHost, recipe: dict[str, Any], num_classes: int) -> None:
     """Build every data-free component of a resolved recipe once (model, losses, miners, distances, sampler on
     stand-in labels, callbacks), so a value only its factory can judge (a timm model name, an EMLF variant, an
-    ``m_per_class`` that does not fit the batch, a missing weights package) fails before any data work, naming its
-    key. Nothing is kept."""
+    ``m_per_class`` that does not fit the batch, a missing weights package, a ``model.init_from`` source that is
+    missing or does not fit) fails before any data work, naming its key. Nothing is kept."""
     model = build_model(host, recipe, num_classes)
+    if recipe["model"].get("init_from"):
+        # Every cell of an ablation is dry-built before the first trains: a source that is missing or does not fit
+        # must stop it then (the input size, which needs the cropper, is checked again when the run starts).
+        from .training.transfer import check_compatible, load_source
+
+        _, state, _ = load_source(recipe["model"]["init_from"])
+        check_compatible(state["meta"], recipe, None, int(recipe["backbone"].get("in_chans", 1)),
+                         recipe["model"]["init_parts"])
     build_objective(host, recipe, num_classes, model.embedding_dim)
     batch = int(recipe["train"]["batch_size"])
     labels = [i % num_classes for i in range(max(2 * batch, 4 * num_classes))]

@@ -137,3 +137,15 @@ def test_channel_check_reads_the_backbones_not_the_crops():
     check_compatible(meta, {**recipe, "backbone": {"name": "mobilenet_v2", "in_chans": 1}}, (96, 96), 1, "backbone")
     with pytest.raises(RecipeError, match="backbone.in_chans = 4 here, 3 in the source"):
         check_compatible(meta, {**recipe, "backbone": {"name": "mobilenet_v2", "in_chans": 4}}, (96, 96), 4, "backbone")
+
+
+def test_an_ablation_checks_every_cells_source_before_the_first_trains(source, tmp_path):
+    """A grid over model.init_from with one source that does not fit (another backbone width) stops with exit 2
+    before any cell trains, naming the key."""
+    out = tmp_path / "abl"
+    result = CliRunner().invoke(cli, ["ablate", QUICKSTART, "--out", str(out), "--set", f'train.cache_dir="{tmp_path / "c"}"',
+                                      "--set", "backbone.width=8",
+                                      "--grid", f'model.init_from="",\"{source.root}\"'])
+    assert result.exit_code == 2, result.output
+    assert "model.init_from" in result.output and "backbone.width = 8 here, 16 in the source" in result.output
+    assert not (tmp_path / "c").exists() and not out.exists(), "nothing trained, nothing cropped"

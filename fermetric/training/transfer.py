@@ -59,8 +59,10 @@ def architecture(backbone: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in backbone.items() if k not in PROVENANCE_KEYS}
 
 
-def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: tuple[int, int], in_chans: int, parts: str) -> None:
-    """Raise a RecipeError naming every difference that would make the source's weights not fit."""
+def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: tuple[int, int] | None, in_chans: int,
+                     parts: str) -> None:
+    """Raise a RecipeError naming every difference that would make the source's weights not fit. ``input_size``:
+    the cropper's output; None skips that check (a dry build, which builds no cropper)."""
     problems = []
     theirs, ours = architecture(meta.get("backbone", {})), architecture(recipe["backbone"])
     if theirs.get("name") != ours.get("name"):
@@ -70,7 +72,7 @@ def check_compatible(meta: dict[str, Any], recipe: dict[str, Any], input_size: t
         diff = [f"backbone.{k} = {ours.get(k)!r} here, {theirs.get(k)!r} in the source" for k in keys
                 if k != "in_chans" and theirs.get(k) != ours.get(k)]
         problems += diff
-    if list(meta.get("input_size", [])) != list(input_size):
+    if input_size is not None and list(meta.get("input_size", [])) != list(input_size):
         problems.append(f"input size {list(input_size)} here (the cropper's output), {meta.get('input_size')} in the source")
     # The backbones' own input channels (meta["in_chans"] is the crops' channels: a grey crop may feed a
     # 3-channel backbone, repeated).
