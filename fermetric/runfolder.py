@@ -254,12 +254,32 @@ class RunFolder:
             return []
 
     def append_history(self, row: dict[str, Any]) -> None:
-        new = not self.history_file.exists()
-        with self.history_file.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        """Append one epoch's row. A row with columns the file lacks (a run resumed by a newer fermetric that logs
+        more) rewrites the file with every column, the old rows' new cells empty: appending it under the old
+        header would shift its values into the wrong columns."""
+        header = self._history_header()
+        if header is not None and list(row) == header:
+            with self.history_file.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=header).writerow(row)
+            return
+        rows = self.history() if header is not None else []
+        columns = list(dict.fromkeys([*(header or []), *row]))
+        self._write_history(rows + [{k: row.get(k, "") for k in columns}], columns)
+
+    def _history_header(self) -> list[str] | None:
+        try:
+            with self.history_file.open(newline="") as f:
+                return next(csv.reader(f), None)
+        except OSError:
+            return None
+
+    def _write_history(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        tmp = self.history_file.with_name(self.history_file.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.history_file)
 
     def truncate_history(self, epochs_done: int) -> None:
         """Keep the rows of the first ``epochs_done`` epochs: a run killed after logging an epoch but before
@@ -268,12 +288,7 @@ class RunFolder:
         if not rows:
             self.history_file.unlink(missing_ok=True)
             return
-        tmp = self.history_file.with_name(self.history_file.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.history_file)
+        self._write_history(rows, self._history_header() or list(rows[0]))
 
 
 @dataclass(frozen=True)

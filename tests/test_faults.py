@@ -335,3 +335,18 @@ def test_full_disk_while_checkpointing_says_so_and_the_previous_checkpoint_survi
     assert "previous checkpoint is intact" in str(info.value)
     assert torch.load(out.last_checkpoint, weights_only=True)["epoch"] == 0, "epoch 1's checkpoint still loads"
     assert not list(out.checkpoint_dir.glob("*.tmp")), "no half-written file left behind"
+
+
+def test_history_stays_aligned_when_a_resumed_run_logs_a_new_column(tmp_path):
+    """A run started by an older fermetric and resumed by one that logs more columns (data_seconds, once): the
+    file is rewritten with every column, so no value lands under another column's name."""
+    folder = RunFolder(tmp_path / "run").mkdir()
+    folder.append_history({"epoch": 1, "seconds": 2.0, "val_accuracy": 0.5})
+    folder.append_history({"epoch": 2, "seconds": 2.5, "val_accuracy": 0.6})
+    folder.append_history({"epoch": 3, "seconds": 3.0, "data_seconds": 0.1, "val_accuracy": 0.7})
+    folder.append_history({"epoch": 4, "seconds": 3.5, "data_seconds": 0.2, "val_accuracy": 0.8})
+    rows = folder.history()
+    assert [r["val_accuracy"] for r in rows] == ["0.5", "0.6", "0.7", "0.8"]
+    assert [r["data_seconds"] for r in rows] == ["", "", "0.1", "0.2"] and None not in rows[-1]
+    folder.truncate_history(3)
+    assert [r["epoch"] for r in folder.history()] == ["1", "2", "3"] and folder.history()[2]["data_seconds"] == "0.1"
