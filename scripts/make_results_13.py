@@ -244,7 +244,9 @@ def section(multiseed: Path, transfer: Path) -> list[str]:
     add("`bash scripts/reproduce_transfer.sh`, step 1 of each chain: recipe"
         " `recipes/pidml/fer2013_mobilenet_pretrained.toml` (MobileNetV2 from ImageNet weights in an installed"
         " package, 96x96, CE + EMLF), trained on FER2013 Training only; the epoch is selected on 5% of Training held"
-        " out, and PublicTest is evaluated once, at the end, for this table.")
+        " out, and PublicTest is evaluated once, at the end, for this table. The partial-image source is a rerun of"
+        " the FER2013 table's `pidml_mobilenet96` run (same recipe and seed; 62.44% there): the difference between"
+        " the two is run-to-run variation (this one was stopped and resumed across sessions, at other thread loads).")
     add("")
     add("| crop | epochs | selected epoch (held-out Training accuracy) | PublicTest accuracy (%) | macro-F1 (%) |"
         " training time |")
