@@ -308,7 +308,7 @@ def _crop_sample(sample: Sample, data: bytes | None, key: str, cache: CropCache,
         return status, crop, None, True
     image = decode(sample, data, color)
     try:
-        crop = _checked(cropper(face_of(sample, image)), size, crop_table, color)
+        crop = checked_crop(cropper(face_of(sample, image)), size, crop_table, color)
         status = "ok"
     except NoFace as exc:
         crop, status = None, f"noface:{exc}"
@@ -534,7 +534,9 @@ def summary_lines(report: dict[str, Any], limit: int = 5) -> list[str]:
     return lines
 
 
-def _checked(crop: np.ndarray, size: tuple[int, int], crop_table: dict[str, Any], color: str = "gray") -> np.ndarray:
+def checked_crop(crop: np.ndarray, size: tuple[int, int], crop_table: dict[str, Any], color: str = "gray") -> np.ndarray:
+    """A cropper's output as the network's pixels: (H, W) uint8 grey, or (H, W, 3) RGB for ``color="rgb"``; a
+    shape the cropper did not declare is a FermetricError naming it. Training and inference both use this."""
     crop = np.asarray(crop)
     if color == "rgb":
         if crop.ndim == 3 and crop.shape[2] == 4:

@@ -217,7 +217,8 @@ class FaceFinder:
         """The faces in ``image`` (largest first); empty when there is none. ``landmarks``: 68 points given by the
         caller (one face), used instead of a detector."""
         # Detectors read grey; the crops are cut from the picture's own pixels (RGB for a colour model).
-        pixels = np.asarray(image)[..., :3] if np.asarray(image).ndim == 3 else to_gray(image)
+        image = np.asarray(image)
+        pixels = image[..., :3] if image.ndim == 3 else to_gray(image)
         gray = to_gray(pixels)
         h, w = gray.shape
         if self.mode == "cropper":

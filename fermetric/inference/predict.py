@@ -19,7 +19,9 @@ from fermetric.errors import FermetricError, NoFace
 from fermetric.model import pick_device
 
 from .faces import Face, FaceFinder
-from .inputs import Item, iter_items
+from fermetric.data.pipeline import checked_crop
+
+from .inputs import Item, array_image, iter_items
 from .model import Checkpoint, build_network, load_checkpoint
 
 TTA_MODES = ("none", "flip", "ten_crop")
@@ -134,20 +136,15 @@ class Model:
 
     # -- faces and crops ------------------------------------------------------------------------------------
     def faces(self, image: np.ndarray, landmarks: np.ndarray | None = None, path: str = "") -> list[Face]:
-        return self.finder.find(image, landmarks, path)
+        """The faces of a picture, read in the model's colour (a grey picture is repeated in RGB for a colour
+        model) so that its cropper sees what it saw in training."""
+        return self.finder.find(array_image(image, self.color), landmarks, path)
 
     def crop(self, face: Face) -> np.ndarray:
         """The network's input for one face, uint8: (H, W) grey, or (3, H, W) RGB for a colour model (the layout
         training stacked its crops in); raises NoFace when the cropper finds none."""
-        import cv2
-
-        crop = np.asarray(self.cropper(face.face_image))
-        if self.color == "rgb":
-            crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB) if crop.ndim == 2 else crop[..., :3]
-            return np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.uint8)
-        if crop.ndim == 3:
-            crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-        return np.ascontiguousarray(crop, dtype=np.uint8)
+        crop = checked_crop(self.cropper(face.face_image), self.input_size, self.crop_table, self.color)
+        return np.ascontiguousarray(crop.transpose(2, 0, 1)) if crop.ndim == 3 else crop
 
     def forward_crops(self, crops: np.ndarray, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
         """(embeddings, probabilities) of uint8 crops (N, H, W), (N, 1, H, W) or, colour, (N, 3, H, W)."""
