@@ -112,8 +112,9 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    base = as_bgr(image).astype(np.float32)
+def overlay(bgr: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
+    """``heat`` in [0, 1] blended onto a BGR picture (:func:`as_bgr`), where ``mask`` is set."""
+    base = bgr.astype(np.float32)
     colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
     a = alpha if mask is None else alpha * mask.astype(np.float32)[..., None]
     return np.clip(base * (1 - a) + colour * a, 0, 255).astype(np.uint8)
@@ -137,11 +138,11 @@ def panel(model: Model, image: np.ndarray, face: Face, result: dict[str, Any]) -
     side = 192
     left = cv2.resize(as_bgr(result["crop"]), (side, side), interpolation=cv2.INTER_NEAREST)
     heat = cv2.resize(result["heat"], (side, side), interpolation=cv2.INTER_LINEAR)
-    mid = overlay(cv2.cvtColor(left, cv2.COLOR_BGR2RGB), heat)
+    mid = overlay(left, heat)
     # Around the face on the picture: its frame grown by a quarter.
     x0, y0, x1, y1 = face.box
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.625 * max(x1 - x0, y1 - y0)
-    on_pic = overlay(image, result["picture_heat"], result["covered"])
+    on_pic = overlay(as_bgr(image), result["picture_heat"], result["covered"])
     cv2.polylines(on_pic, [np.round(face.quad).astype(np.int32)], True, (255, 255, 255), max(1, int(round(half / 100))), cv2.LINE_AA)
     m = np.array([[side / (2 * half), 0, side / 2 - side / (2 * half) * cx], [0, side / (2 * half), side / 2 - side / (2 * half) * cy]])
     right = cv2.warpAffine(on_pic, m, (side, side), flags=cv2.INTER_AREA if half * 2 > side else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
