@@ -141,13 +141,14 @@ def recipe_components(host: PluginHost, recipe: dict[str, Any]) -> list[Componen
     return found
 
 
-def dry_build(host: PluginHost, recipe: dict[str, Any], num_classes: int) -> None:
+def dry_build(host: PluginHost, recipe: dict[str, Any], num_classes: int, check_source: bool = True) -> None:
     """Build every data-free component of a resolved recipe once (model, losses, miners, distances, sampler on
     stand-in labels, callbacks), so a value only its factory can judge (a timm model name, an EMLF variant, an
     ``m_per_class`` that does not fit the batch, a missing weights package, a ``model.init_from`` source that is
-    missing or does not fit) fails before any data work, naming its key. Nothing is kept."""
+    missing or does not fit; ``check_source=False`` for a caller that loads and checks it itself) fails before any
+    data work, naming its key. Nothing is kept."""
     model = build_model(host, recipe, num_classes)
-    if recipe["model"].get("init_from"):
+    if check_source and recipe["model"].get("init_from"):
         # Every cell of an ablation is dry-built before the first trains: a source that is missing or does not fit
         # must stop it then (the input size, which needs the cropper, is checked again when the run starts).
         from .training.transfer import check_compatible, load_source

@@ -214,7 +214,7 @@ class Runner:
         cropper, crop_component = build(self.host, "cropper", self.recipe["crop"], where="crop")
         # Before any data work, every component is built once with the recipe's values: a bad value must not
         # wait for 30,000 crops to be found.
-        dry_build(self.host, self.recipe, len(dataset.classes))
+        dry_build(self.host, self.recipe, len(dataset.classes), check_source=False)  # the source: loaded and checked below
         if self.recipe["model"]["init_from"]:
             ckpt, state, sha = load_source(self.recipe["model"]["init_from"])
             parts = self.recipe["model"]["init_parts"]
