@@ -19,6 +19,8 @@ import numpy as np
 from fermetric.geometry import (  # noqa: F401 - re-exported: the one module plugins import
     IDENTITY,
     apply_affine,
+    apply_box_warp,
+    box_warp,
     eye_centres,
     eye_line_rotation,
     level_rotation,

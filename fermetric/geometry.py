@@ -63,9 +63,10 @@ def apply_affine(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.asarray(pts, dtype=np.float64) @ affine[:, :2].T + affine[:, 2]
 
 
-def warp_box(image: np.ndarray, to_frame: np.ndarray, box, out_h: int, out_w: int) -> np.ndarray:
-    """The ``box`` (x0, y0, x1, y1), given in the frame ``to_frame`` maps the image into, resampled to
-    ``out_h`` x ``out_w`` with edge replication. The box's edges are the tile's outer pixel edges."""
+def box_warp(to_frame: np.ndarray, box, out_h: int, out_w: int) -> tuple[np.ndarray, int, int]:
+    """The geometry of :func:`warp_box` without the pixels: (2x3 affine from the intermediate tile to the image,
+    intermediate width, intermediate height). Croppers whose boxes repeat (every aligned crop of one size) compute
+    it once and apply it with :func:`apply_box_warp`."""
     x0, y0, x1, y1 = box
     # A plain bilinear warp aliases when it shrinks (a 240 px face to 48 px), so shrink in two steps:
     # warp at about the source resolution, then area-average down.
@@ -74,13 +75,24 @@ def warp_box(image: np.ndarray, to_frame: np.ndarray, box, out_h: int, out_w: in
     sx, sy = (x1 - x0) / mid_w, (y1 - y0) / mid_h
     tile_to_frame = np.array([[sx, 0, x0 + 0.5 * sx], [0, sy, y0 + 0.5 * sy], [0, 0, 1]])
     frame_to_image = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))
-    tile_to_image = (frame_to_image @ tile_to_frame)[:2]
+    return (frame_to_image @ tile_to_frame)[:2], mid_w, mid_h
+
+
+def apply_box_warp(image: np.ndarray, plan: tuple[np.ndarray, int, int], out_h: int, out_w: int) -> np.ndarray:
+    """Resample ``image`` by a :func:`box_warp` plan to ``out_h`` x ``out_w`` (edge replication outside)."""
+    tile_to_image, mid_w, mid_h = plan
     tile = cv2.warpAffine(
         image, tile_to_image, (mid_w, mid_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
     )
     if (mid_h, mid_w) != (out_h, out_w):
         tile = cv2.resize(tile, (out_w, out_h), interpolation=cv2.INTER_AREA)
     return tile
+
+
+def warp_box(image: np.ndarray, to_frame: np.ndarray, box, out_h: int, out_w: int) -> np.ndarray:
+    """The ``box`` (x0, y0, x1, y1), given in the frame ``to_frame`` maps the image into, resampled to
+    ``out_h`` x ``out_w`` with edge replication. The box's edges are the tile's outer pixel edges."""
+    return apply_box_warp(image, box_warp(to_frame, box, out_h, out_w), out_h, out_w)
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, out_h: int, out_w: int, border: int = cv2.BORDER_CONSTANT,

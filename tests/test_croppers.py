@@ -138,6 +138,29 @@ def test_region_partly_outside_is_padded_and_fully_outside_is_no_face(synth):
         AUPartialCropper("dataset")(FaceImage(f.image, landmarks=gone))
 
 
+def test_a_reused_region_plan_crops_exactly_what_warp_box_crops(synth):
+    """The cropper keeps each landmark set's region geometry (inference reads many aligned crops with the same
+    template landmarks): the pixels must be those of one warp_box per region, for every face, in any order,
+    and a NoFace must still be raised when its plan is reused."""
+    from fermetric.contracts import warp_box
+
+    cropper = AUPartialCropper("dataset", regions=["eyes_brows", "mouth", "nose"], layout="grid")
+    rng = np.random.default_rng(0)
+    faces = [FaceImage(f.image, landmarks=f.landmarks + rng.normal(0, 1.0, f.landmarks.shape).astype(np.float32))
+             for f in synth[:12]]
+    for face in faces + faces[::-1] + faces:  # each plan is computed once, reused, and evicted past the cache size
+        to_frame, boxes = cropper.region_boxes(face.landmarks, align=True)
+        want = np.zeros((48, 48), np.uint8)
+        for box, (top, left, h, w) in zip(boxes, cropper.tiles):
+            want[top : top + h, left : left + w] = warp_box(face.image, to_frame, croppers._grow_to_aspect(box, w / h), h, w)
+        np.testing.assert_array_equal(cropper(face), want)
+    assert len(cropper._plans) <= croppers.PLAN_CACHE_SIZE
+    gone = FaceImage(synth[0].image, landmarks=synth[0].landmarks + np.array([500, 0], np.float32))
+    for _ in range(2):
+        with pytest.raises(NoFace, match="outside the image"):
+            cropper(gone)
+
+
 def test_dataset_no_landmarks_propagates_the_reason():
     face = FaceImage(np.zeros((48, 48), np.uint8), landmarks_error="landmark file missing: S010_004_17.txt")
     for cropper in (AUPartialCropper("dataset"), FullFaceCropper("dataset")):

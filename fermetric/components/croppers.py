@@ -22,7 +22,17 @@ import numpy as np
 
 import fermetric
 from fermetric.errors import NoFace, RecipeError
-from fermetric.contracts import FaceImage, apply_affine, eye_centres, eye_line_rotation, resize, to_gray, warp_box
+from fermetric.contracts import (
+    FaceImage,
+    apply_affine,
+    apply_box_warp,
+    box_warp,
+    eye_centres,
+    eye_line_rotation,
+    resize,
+    to_gray,
+    warp_box,
+)
 from fermetric.components.landmarks import (
     LANDMARK_SOURCES,
     get_face_box,
@@ -51,6 +61,8 @@ REGION_AUS = {
     "nose": "AU9",
 }
 LAYOUTS = ("stack", "side_by_side", "grid")
+# Region plans an AUPartialCropper keeps (one per distinct landmark set and image size; see its __call__).
+PLAN_CACHE_SIZE = 8
 FITS = ("grow", "stretch")
 
 
@@ -239,6 +251,7 @@ class AUPartialCropper:
         self.align = bool(align)
         self.fit = fit
         self.output_size: tuple[int, int] = (self.size, self.size)
+        self._plans: dict[tuple, list[tuple] | str] = {}
         self.tiles = self._tiles(self.region_boxes(template_landmarks(100, 100), align=False)[1])
 
     def __repr__(self) -> str:
@@ -293,15 +306,11 @@ class AUPartialCropper:
         tops, lefts = _offsets(heights), _offsets(widths)
         return [(tops[i // cols], lefts[i % cols], heights[i // cols], widths[i % cols]) for i in range(n)]
 
-    def __call__(self, face: FaceImage) -> np.ndarray:
-        image = _pixels(face.image)
-        pts = self._landmarks(face)
-        # template and haar have no measured eye line to align on
-        align = self.align and self.landmarks in ("dlib", "dataset")
+    def _plan(self, pts: np.ndarray, align: bool, img_h: int, img_w: int) -> list[tuple]:
+        """Each region's warp for these landmarks: [(top, left, h, w, box_warp plan)], or raises NoFace."""
         to_frame, boxes = self.region_boxes(pts, align)
         frame_to_image = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))[:2]
-        img_h, img_w = image.shape[:2]
-        out = np.zeros(self.output_size + image.shape[2:], dtype=np.uint8)
+        plan = []
         for name, box, (top, left, h, w) in zip(self.regions, boxes, self.tiles):
             if self.fit == "grow":
                 box = _grow_to_aspect(box, w / h)
@@ -314,7 +323,32 @@ class AUPartialCropper:
                 or corners[:, 1].min() > img_h - 1
             ):
                 raise NoFace(f"the {name} region lies outside the image")
-            out[top : top + h, left : left + w] = warp_box(image, to_frame, box, h, w)
+            plan.append((top, left, h, w, box_warp(to_frame, box, h, w)))
+        return plan
+
+    def __call__(self, face: FaceImage) -> np.ndarray:
+        image = _pixels(face.image)
+        pts = self._landmarks(face)
+        # template and haar have no measured eye line to align on
+        align = self.align and self.landmarks in ("dlib", "dataset")
+        img_h, img_w = image.shape[:2]
+        # Aligned crops of one size all have the same (template) landmarks, so inference on them would redo the
+        # same geometry for every face: keep the last few plans, keyed by the exact landmarks.
+        key = (np.ascontiguousarray(pts, np.float64).tobytes(), align, img_h, img_w)
+        plan = self._plans.get(key)
+        if plan is None:
+            try:
+                plan = self._plan(pts, align, img_h, img_w)
+            except NoFace as e:
+                plan = str(e)  # the message, not the exception: its traceback would keep frames alive
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        if isinstance(plan, str):
+            raise NoFace(plan)
+        out = np.zeros(self.output_size + image.shape[2:], dtype=np.uint8)
+        for top, left, h, w, warp_plan in plan:
+            out[top : top + h, left : left + w] = apply_box_warp(image, warp_plan, h, w)
         return out
 
 
