@@ -22,7 +22,8 @@ def load_model(path, device: str = "auto", **kwargs):
     """A trained model from a run folder or a checkpoint file: ``.predict(inputs)``, ``.embed(inputs)``.
 
     Imported on first use, so that ``import fermetric`` (which every plugin does) stays light. Keyword arguments:
-    ``fold`` (k-fold runs), ``detect`` (auto | dlib | haar | none); see :func:`fermetric.inference.load_model`.
+    ``fold`` (k-fold runs), ``detect`` (auto | none | a registered face detector: dlib, haar, a plugin's) and
+    ``detector_params``; see :func:`fermetric.inference.load_model`.
     """
     from fermetric.inference import load_model as _load
 

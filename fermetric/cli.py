@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .errors import FermetricError, RecipeError, handle_errors
+from .plugins import KINDS
 
 SET_HELP = "Override a recipe key, e.g. --set train.epochs=3 --set loss.1.weight=0.2 (arrays are 0-based). Repeatable."
 
@@ -69,7 +70,7 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--kind", type=click.Choice(["dataset", "cropper", "backbone", "loss", "sampler", "distance", "miner", "callback"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(list(KINDS.values())), help="Only this kind.")
 @handle_errors
 def plugins(as_json: bool, kind: str | None) -> None:
     """List every registered component by kind: name, plugin, distribution and version, parameters."""

@@ -2,7 +2,7 @@
 
 Plugin authors import from here (and from :mod:`fermetric.errors` and :mod:`fermetric.hookspecs`)::
 
-    from fermetric.contracts import FaceImage, Sample, FaceDataset, load_landmarks_file, Callback
+    from fermetric.contracts import FaceImage, Sample, FaceDataset, load_landmarks_file, Callback, DetectedFace
     from fermetric.contracts import to_gray, eye_line_rotation, warp_box, warp   # geometry helpers
 
 Nothing here imports the rest of fermetric, so this module is safe to depend on from any layer.
@@ -23,6 +23,7 @@ from fermetric.geometry import (  # noqa: F401 - re-exported: the one module plu
     box_warp,
     eye_centres,
     eye_line_rotation,
+    five_from_68,
     level_rotation,
     resize,
     to_gray,
@@ -46,6 +47,24 @@ class FaceImage:
     path: str = ""
     landmarks: np.ndarray | None = None
     landmarks_error: str | None = None
+
+
+@dataclass
+class DetectedFace:
+    """One face a face detector (``register_face_detectors``) found in a picture, in its pixel coordinates.
+
+    box: (x0, y0, x1, y1): the face's first column and row and one past its last (OpenCV's ``(x, y, x + w, y + h)``,
+        insightface's ``bbox``).
+    landmarks: what places the face, when the detector gives it: 68 points in the iBUG-300W order, or 5 points
+        (the eye on the image's left, the other eye, the nose tip, the mouth corner on the image's left, the
+        other corner: insightface's and RetinaFace's order). Without landmarks, inference maps the box onto
+        the model's framing as it does a Haar box.
+    score: the detector's confidence, when it has one.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray | None = None
+    score: float | None = None
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".webp"}

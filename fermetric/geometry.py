@@ -40,6 +40,22 @@ def eye_centres(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pts[RIGHT_EYE].mean(axis=0), pts[LEFT_EYE].mean(axis=0)
 
 
+# iBUG-300W indices of the five points face detectors give (insightface, RetinaFace: ArcFace's template order):
+# the eye on the image's left (the subject's right eye, 36-41) and on its right (42-47), the nose tip, the mouth
+# corners on the image's left and right.
+NOSE_TIP_68 = 30
+MOUTH_CORNERS_68 = (48, 54)
+
+
+def five_from_68(pts: np.ndarray) -> np.ndarray:
+    """The five ArcFace points from 68 iBUG landmarks: eye centres (mean of each eye's six points), nose tip
+    (30) and mouth corners (48, 54), as float64 (5, 2)."""
+    pts = np.asarray(pts, dtype=np.float64)
+    if pts.shape != (68, 2):
+        raise ValueError(f"expected (68, 2) landmarks, got {pts.shape}")
+    return np.stack([*eye_centres(pts), pts[NOSE_TIP_68], pts[MOUTH_CORNERS_68[0]], pts[MOUTH_CORNERS_68[1]]])
+
+
 def level_rotation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """2x3 affine that rotates the image about the midpoint of two points so that the line from ``first`` to
     ``second`` is horizontal (pointing right)."""

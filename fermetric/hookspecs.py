@@ -99,3 +99,15 @@ def register_callbacks(register):
     :class:`~fermetric.contracts.Callback`. A callback with ``state_dict``/``load_state_dict`` is checkpointed
     and restored on ``--resume``.
     """
+
+
+@hookspec
+def register_face_detectors(register):
+    """Register face detectors for pictures at inference: ``register("name", factory)``.
+
+    ``factory(**params)`` returns a callable ``detector(gray) -> list[DetectedFace]``: every face in a grey uint8
+    picture, largest first, each a :class:`fermetric.contracts.DetectedFace` (box, and 68 or 5 landmarks when it
+    has them). ``fermetric predict --detect name --detector-param key=value`` (and ``load_model(detect=...,
+    detector_params=...)``) use it; the trained model's crop decides how each face is aligned. A detector that
+    needs model files takes their path as a parameter and fails at construction, naming it, when they are missing.
+    """

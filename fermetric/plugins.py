@@ -42,6 +42,7 @@ DEFAULT_PLUGINS = (
     "fermetric.components.miners",
     "fermetric.components.samplers",
     "fermetric.components.callbacks",
+    "fermetric.components.detectors",
 )
 
 # hook name -> registry kind
@@ -54,6 +55,7 @@ KINDS = {
     "register_distances": "distance",
     "register_miners": "miner",
     "register_callbacks": "callback",
+    "register_face_detectors": "face_detector",
 }
 
 _MISSING = inspect.Parameter.empty

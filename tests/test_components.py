@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -65,6 +66,27 @@ def test_cropper(name):
     except MissingResource as exc:
         pytest.skip(f"cropper {name} needs something this machine lacks: {exc}")
     assert crop.dtype == np.uint8 and crop.shape == tuple(cropper.output_size)
+
+
+@pytest.mark.parametrize("name", names("face_detector"))
+def test_face_detector(name):
+    """The contract inference relies on: a list of DetectedFace, largest first, boxes inside the picture, 68 or 5
+    landmarks or none; a blank picture is an empty list, not an error."""
+    from fermetric.contracts import DetectedFace
+
+    detector = build_example("face_detector", name)
+    face = _face()
+    picture = np.full((240, 320), 120, np.uint8)
+    picture[40:232, 64:256] = cv2.resize(face.image, (192, 192))
+    assert list(detector(np.full((120, 160), 128, np.uint8))) == []
+    found = list(detector(picture))
+    assert all(isinstance(f, DetectedFace) for f in found)
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in found]
+    assert areas == sorted(areas, reverse=True)
+    for f in found:
+        x0, y0, x1, y1 = f.box
+        assert -0.5 * 320 < x0 < x1 < 1.5 * 320 and -0.5 * 240 < y0 < y1 < 1.5 * 240
+        assert f.landmarks is None or np.asarray(f.landmarks).shape in ((68, 2), (5, 2))
 
 
 @pytest.mark.parametrize("name", names("backbone"))

@@ -210,7 +210,37 @@ def test_predict_exit_codes(run_dir, tmp_path):
     assert "no file matches this pattern" in result.output and "file not found" in result.output
     assert invoke("predict", run_dir).exit_code == 2  # no inputs
     assert invoke("predict", run_dir, junk, "--out", tmp_path / "x.xlsx").exit_code == 2
-    assert invoke("predict", run_dir, junk, "--detect", "mtcnn").exit_code == 2
+
+
+def test_predict_detector_choice_and_parameters_on_the_command_line(run_dir, photos, tmp_path):
+    picture = next(photos.glob("*_*.png"))
+    unknown = invoke("predict", run_dir, picture, "--detect", "mtcnn")
+    assert unknown.exit_code == 2 and "'mtcnn' is not a face detector; choose one of auto, dlib, haar" in unknown.output
+    assert invoke("predict", run_dir, picture, "--detect", "haar", "--detector-param", "min_neighbors").exit_code == 2
+    auto = invoke("predict", run_dir, picture, "--detector-param", "min_neighbors=3")
+    assert auto.exit_code == 1 and "need a named detector (--detect NAME)" in auto.output
+    typo = invoke("predict", run_dir, picture, "--detect", "haar", "--detector-param", "min_neigbours=3")
+    assert typo.exit_code == 2 and "rejected its parameters ['min_neigbours']" in typo.output
+    out = tmp_path / "haar.csv"
+    ok = invoke("predict", run_dir, picture, "--detect", "haar", "--detector-param", "min_neighbors=2", "--out", out)
+    assert ok.exit_code == 0, ok.output
+    rows = read_csv(out)
+    assert rows and all(r["method"] == "haar" for r in rows if r["status"] == "ok")
+
+
+def test_load_model_takes_a_detector_object(run_dir, faces):
+    from fermetric.contracts import DetectedFace
+
+    class Everything:
+        name = "everything"
+
+        def __call__(self, gray):
+            h, w = gray.shape
+            return [DetectedFace((0.0, 0.0, float(w), float(h)))]
+
+    m = fermetric.load_model(run_dir, device="cpu", detect=Everything())
+    (row,) = m.predict(faces[0].image)
+    assert row.status == "ok" and row.method == "everything"
 
 
 def test_predict_video_every_nth_frame_and_unreadable_video(run_dir, faces, tmp_path):

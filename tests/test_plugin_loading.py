@@ -239,3 +239,42 @@ def test_cli_plugins_json_lists_the_example_loss_plugin(monkeypatch):
     assert only.exit_code == 0, only.output
     assert "focal" not in {c["name"] for c in json.loads(only.stdout)["components"]["loss"]}
     monkeypatch.setattr(plugins_mod, "_host", None)
+
+
+DETECTOR_PLUGIN = """
+import fermetric
+from fermetric.contracts import DetectedFace
+
+
+class CentreFace:
+    def __init__(self, share: float = 0.6):
+        self.share = share
+
+    def __call__(self, gray):
+        h, w = gray.shape
+        dx, dy = w * (1 - self.share) / 2, h * (1 - self.share) / 2
+        return [DetectedFace((dx, dy, w - dx, h - dy))]
+
+
+@fermetric.hookimpl
+def register_face_detectors(register):
+    register("fmtest_centre", CentreFace)
+"""
+
+
+def test_a_plugins_face_detector_is_listed_and_used_by_name_with_its_parameters(make_plugin):
+    import numpy as np
+
+    from fermetric.inference.faces import FaceFinder, detector_names
+
+    make_plugin("fmtest-detector", DETECTOR_PLUGIN)
+    host = PluginHost()
+    component = host.registry("face_detector").get("fmtest_centre")
+    assert component.distribution == "fmtest-detector" and "share" in component.params
+    assert "fmtest_centre" in detector_names(host)
+    finder = FaceFinder({"name": "au_partial", "landmarks": "template"}, (48, 48), detect="fmtest_centre",
+                        detector_params={"share": 0.5}, host=host)
+    (face,) = finder.find(np.zeros((200, 300), np.uint8))
+    # Face.box is in pixel-centre coordinates: the outer edges of columns 75..224 and rows 50..149.
+    assert face.method == "fmtest_centre" and face.box == pytest.approx((74.5, 49.5, 224.5, 149.5))
+    assert "the 'fmtest_centre' face detector" in finder.describe()

@@ -18,23 +18,47 @@ from fermetric.errors import FermetricError, RecipeError, handle_errors
 
 MODEL_HELP = "A run folder (fermetric run --out) or a checkpoint file."
 DETECT_HELP = ("Face detector for pictures: auto (dlib if installed, else Haar; a template model reads small aligned crops"
-               " as they are), dlib, haar, or none (each picture is one face framed like the training data).")
+               " as they are), dlib, haar, a plugin's (fermetric plugins --kind face_detector), or none (each picture is"
+               " one face framed like the training data).")
 INPUTS_HELP = "INPUTS: image files, folders (searched recursively), glob patterns ('faces/*.png') and video files."
 
 
 def model_options(fn):
     fn = click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:1, ...")(fn)
     fn = click.option("--fold", type=int, help="k-fold run: use this fold's model (default: the fold with the best validation accuracy).")(fn)
-    fn = click.option("--detect", type=click.Choice(["auto", "dlib", "haar", "none"]), default="auto", show_default=True, help=DETECT_HELP)(fn)
+    fn = click.option("--detector-param", "detector_params", multiple=True, metavar="KEY=VALUE", callback=_detector_params,
+                      help="A parameter of the --detect detector (TOML value: model_pack=\"models/buffalo_l\"); repeatable.")(fn)
+    fn = click.option("--detect", default="auto", show_default=True, callback=_detector_name, help=DETECT_HELP)(fn)
     return fn
 
 
-def _load(model: str, device: str, fold: int | None, detect: str):
+def _detector_name(ctx, param, value: str) -> str:
+    from .faces import detector_names
+
+    names = detector_names()
+    if value not in names:
+        raise click.BadParameter(f"{value!r} is not a face detector; choose one of {', '.join(names)}")
+    return value
+
+
+def _detector_params(ctx, param, values: tuple[str, ...]) -> dict:
+    from fermetric.recipe import parse_value
+
+    params = {}
+    for text in values:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{text!r}: write KEY=VALUE")
+        params[key.strip()] = parse_value(raw.strip())
+    return params
+
+
+def _load(model: str, device: str, fold: int | None, detect: str, detector_params: dict | None = None):
     from fermetric.progress import console
 
     from .predict import load_model
 
-    m = load_model(model, device=device, fold=fold, detect=detect)
+    m = load_model(model, device=device, fold=fold, detect=detect, detector_params=detector_params)
     console.print(f"model: {m.checkpoint} ({m.choice}); {len(m.classes)} classes on {m.device}")
     console.print(f"preprocessing: {m.preprocessing}")
     if m.synthetic:
@@ -116,7 +140,7 @@ def _check_out_suffix(out: str | None, allowed: tuple[str, ...], option: str) ->
 @click.option("--largest-only", is_flag=True, help="Only the largest face of each picture.")
 @model_options
 @handle_errors
-def predict(model, inputs, out, annotate_dir, batch_size, every, tta, largest_only, device, fold, detect):
+def predict(model, inputs, out, annotate_dir, batch_size, every, tta, largest_only, device, fold, detect, detector_params):
     """Expression of every face in INPUTS: one row per face (box, label, per-class probabilities), and one row per
     picture or file without a face, with the reason.
 
@@ -126,7 +150,7 @@ def predict(model, inputs, out, annotate_dir, batch_size, every, tta, largest_on
     from .annotate import draw, picture_stem, unique_name, write_png
 
     _check_out_suffix(out, (".csv", ".json"), "--out")
-    m = _load(model, device, fold, detect)
+    m = _load(model, device, fold, detect, detector_params)
     annotate = Path(annotate_dir) if annotate_dir else None
     if annotate:
         annotate.mkdir(parents=True, exist_ok=True)
@@ -171,13 +195,13 @@ def _write_results(rows, m, out: str | None) -> None:
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Videos: keep every Nth frame.")
 @model_options
 @handle_errors
-def embed(model, inputs, out, batch_size, every, device, fold, detect):
+def embed(model, inputs, out, batch_size, every, device, fold, detect, detector_params):
     """Embeddings of every face in INPUTS, for retrieval and plotting: OUT (.npy, float32, one row per face) and
     OUT with .csv (row, source, frame, face, box, predicted label; pictures without a face have no row number)."""
     import numpy as np
 
     _check_out_suffix(out, (".npy",), "--out")
-    m = _load(model, device, fold, detect)
+    m = _load(model, device, fold, detect, detector_params)
     rows, vectors = [], []
     with _Progress("embedding", _count_inputs(inputs)) as progress:
         for item, _, item_rows in m.iter_pictures(list(inputs), batch_size=batch_size, every=every, embeddings=True):
@@ -217,7 +241,7 @@ def embed(model, inputs, out, batch_size, every, device, fold, detect):
 @click.option("--tta", type=click.Choice(["none", "flip", "ten_crop"]), default="none", show_default=True)
 @model_options
 @handle_errors
-def evaluate(model, data, label_map, split, split_column, limit, overrides, out, predictions, batch_size, tta, device, fold, detect):
+def evaluate(model, data, label_map, split, split_column, limit, overrides, out, predictions, batch_size, tta, device, fold, detect, detector_params):
     """Metrics of MODEL on another dataset (cross-dataset evaluation): accuracy, macro-F1, per-class recall and
     the confusion matrix. Labels the model lacks are reported with what the model called those images."""
     from fermetric.contracts import FaceDataset
@@ -235,7 +259,7 @@ def evaluate(model, data, label_map, split, split_column, limit, overrides, out,
 
         idx = np.linspace(0, len(dataset.samples) - 1, limit).round().astype(int)
         dataset = FaceDataset(dataset.name, dataset.classes, [dataset.samples[i] for i in idx], dataset.synthetic)
-    m = _load(model, device, fold, detect)
+    m = _load(model, device, fold, detect, detector_params)
     folder = RunFolder(out) if out else None
     if folder:
         folder.root.mkdir(parents=True, exist_ok=True)
@@ -303,14 +327,14 @@ def export(model, fmt, out, opset, dynamic_batch, batch, parity_images, device, 
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Videos: keep every Nth frame.")
 @model_options
 @handle_errors
-def explain(model, inputs, out, target, every, device, fold, detect):
+def explain(model, inputs, out, target, every, device, fold, detect, detector_params):
     """Grad-CAM heatmaps of MODEL on the faces in INPUTS: over the partial image and mapped back onto the picture,
     to see which action-unit regions drove each prediction."""
     from fermetric.progress import console
 
     from .explain import write_explanations
 
-    m = _load(model, device, fold, detect)
+    m = _load(model, device, fold, detect, detector_params)
     folder = Path(out)
     with _Progress("explaining", _count_inputs(inputs)) as progress:
         records = write_explanations(m, list(inputs), folder, target, every, on_item=progress)

@@ -18,10 +18,13 @@ and the source decides what a raw photo needs before the cropper may run:
 any other source (a plugin's own detector)
     The cropper runs as trained on the whole image and finds its face itself (one face per image).
 
-``detect`` chooses the detector: ``dlib``, ``haar``, ``none`` (the whole image is one face, already framed like
-the training data) or ``auto``: dlib when installed, else Haar; and for a model trained on aligned crops, an image
-no larger than twice the model's input (a 48x48 CK+48 or FER2013 image) is taken as an aligned crop already,
-which is exactly what the model trained on. Every face says how it was found (:attr:`Face.method`).
+``detect`` chooses the detector: a registered face detector (``dlib``, ``haar``, or a plugin's, see
+``register_face_detectors``; ``fermetric plugins --kind face_detector`` lists them), ``none`` (the whole image is one
+face, already framed like the training data) or ``auto``: dlib when installed, else Haar; and for a model trained
+on aligned crops, an image no larger than twice the model's input (a 48x48 CK+48 or FER2013 image) is taken as an
+aligned crop already, which is exactly what the model trained on. A detector's 68 landmarks align the face by
+the stable points below, 5 points (eyes, nose tip, mouth corners) by the template's same five, and a bare box is
+mapped onto the crop as a Haar box is. Every face says how it was found (:attr:`Face.method`).
 """
 
 from __future__ import annotations
@@ -34,10 +37,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fermetric.contracts import FaceImage, to_gray, warp
+from fermetric.contracts import DetectedFace, FaceImage, five_from_68, to_gray, warp
 from fermetric.errors import FermetricError
 
-DETECTORS = ("auto", "dlib", "haar", "none")
 # Landmark sources whose croppers assume an image that already is an aligned face crop.
 ALIGNED_CROP_SOURCES = ("template", "haar")
 # Landmark sources whose croppers read 68 landmarks: those of each detected face are handed over.
@@ -110,70 +112,86 @@ def _invert(affine: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.vstack([affine, [0, 0, 1]]))[:2]
 
 
-class HaarFaces:
-    """Every frontal face OpenCV's Haar cascade finds, largest first (fermetric's ``HaarFaceBox`` keeps only the
-    largest one). Images under 160 px are padded and upscaled first, as the landmark sources do."""
-
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5):
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise FermetricError(f"OpenCV's Haar cascade {path} is missing; fermetric needs opencv-python-headless>=4.8,<5")
-        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
-        self._lock = threading.Lock()  # a CascadeClassifier is not safe to share between threads
-
-    def __call__(self, gray: np.ndarray) -> list[tuple[float, float, float, float]]:
-        h, w = gray.shape
-        pad, scale, view = 0, 1.0, gray
-        if min(h, w) < 160:
-            pad = int(round(0.25 * min(h, w)))
-            view = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            scale = 256 / min(view.shape)
-            view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        with self._lock:
-            boxes = self.cascade.detectMultiScale(view, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(40, 40))
-        out = [(x / scale - pad, y / scale - pad, (x + bw) / scale - pad, (y + bh) / scale - pad) for x, y, bw, bh in boxes]
-        return sorted(out, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
-
-
-_detectors: dict[str, Any] = {}
+_detectors: dict[tuple, Any] = {}
 _detector_lock = threading.Lock()
 
 
-def _detector(name: str):
-    with _detector_lock:
-        if name not in _detectors:
-            if name == "dlib":
-                from fermetric.components.landmarks import DlibLandmarks
+def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
+    """The registered face detector ``name`` built with ``params``, once per process for each (name, params): dlib's
+    landmark model alone is ~100 MB to parse."""
+    from fermetric.build import build
+    from fermetric.plugins import get_host
 
-                _detectors[name] = DlibLandmarks()
-            else:
-                _detectors[name] = HaarFaces()
-        return _detectors[name]
+    host = host or get_host()
+    registry = host.registry("face_detector")
+    if name not in registry:
+        raise unknown_detector(name, host)
+    params = dict(params or {})
+    key = (name, registry.get(name).factory, repr(sorted(params.items())))
+    with _detector_lock:
+        if key not in _detectors:
+            _detectors[key], _ = build(host, "face_detector", {"name": name, **params}, {"name"}, where=f"--detect {name}")
+        return _detectors[key]
+
+
+def detector_names(host=None) -> list[str]:
+    """What ``detect`` accepts: ``auto``, ``none`` and every registered face detector."""
+    from fermetric.plugins import get_host
+
+    return ["auto", *(host or get_host()).registry("face_detector").names(), "none"]
+
+
+def unknown_detector(name: str, host=None) -> FermetricError:
+    return FermetricError(f"--detect {name!r}: no such face detector; choose one of {', '.join(detector_names(host))}"
+                          " (fermetric plugins --kind face_detector lists who registers each)")
 
 
 class FaceFinder:
     """Finds the faces of one model's kind in any image (see the module docstring for the rules)."""
 
-    def __init__(self, crop_table: dict[str, Any], input_size: tuple[int, int], detect: str = "auto"):
-        if detect not in DETECTORS:
-            raise FermetricError(f"detect = {detect!r}; choose one of {', '.join(DETECTORS)}")
+    def __init__(self, crop_table: dict[str, Any], input_size: tuple[int, int], detect: Any = "auto",
+                 detector_params: dict[str, Any] | None = None, host=None):
+        """``detect``: ``auto``, ``none``, a registered face detector's name (built with ``detector_params``), or a
+        detector object itself (``detector(gray) -> list[DetectedFace]``)."""
         self.source = str(crop_table.get("landmarks", "template"))
         self.crop_name = str(crop_table.get("name"))
         self.margin = float(crop_table.get("margin", 0.1)) if self.crop_name == "full_face" else 0.0
         self.size = int(max(input_size))
-        self.requested = detect
-        if detect == "auto":
-            detector = "dlib" if dlib_available() else "haar"
+        self.host = host
+        self.detector_params = dict(detector_params or {})
+        self._instance = None
+        if callable(detect) and not isinstance(detect, str):
+            self.requested, self.detector, self._instance = "object", getattr(detect, "name", type(detect).__name__), detect
         else:
-            detector = detect
-        if detector == "dlib" and not dlib_available():
-            from fermetric.components.landmarks import DLIB_INSTALL_HINT
+            detect = str(detect)
+            self.requested = detect
+            if detect == "auto":
+                detector = "dlib" if dlib_available() else "haar"
+            else:
+                detector = detect
+            if self.detector_params and detect in ("auto", "none"):
+                raise FermetricError(f"detector parameters {sorted(self.detector_params)} need a named detector (--detect NAME), not {detect!r}")
+            if detector == "dlib" and not dlib_available():
+                from fermetric.components.landmarks import DLIB_INSTALL_HINT
 
-            raise FermetricError(f"--detect dlib needs dlib and its landmark model: {DLIB_INSTALL_HINT}; or use --detect haar")
-        self.detector = detector
+                raise FermetricError(f"--detect dlib needs dlib and its landmark model: {DLIB_INSTALL_HINT}; or use --detect haar")
+            if detector not in detector_names(host):
+                raise unknown_detector(detect, host)
+            self.detector = detector
+            if detect not in ("auto", "none"):
+                # Asked for by name: a detector that lacks its model files fails now, before any picture is read.
+                self._instance = build_detector(detector, self.detector_params, host)
         if self.mode == "cropper":
             self.detector = "none"
+
+    def _detect(self, gray: np.ndarray) -> list[DetectedFace]:
+        if self._instance is None:
+            self._instance = build_detector(self.detector, self.detector_params, self.host)
+        faces = list(self._instance(gray))
+        bad = [f for f in faces if not isinstance(f, DetectedFace)]
+        if bad:
+            raise FermetricError(f"face detector {self.detector!r} returned {type(bad[0]).__name__}, not fermetric.contracts.DetectedFace")
+        return faces
 
     @property
     def mode(self) -> str:
@@ -196,7 +214,8 @@ class FaceFinder:
 
     def describe(self) -> str:
         """One sentence for people: what happens to a photo before the model sees it."""
-        det = {"dlib": "dlib (HOG detector + 68 landmarks)", "haar": "OpenCV's Haar cascade", "none": "no detector"}[self.detector]
+        det = {"dlib": "dlib (HOG detector + 68 landmarks)", "haar": "OpenCV's Haar cascade", "none": "no detector"}.get(
+            self.detector, f"the {self.detector!r} face detector")
         if self.mode == "aligned_crop":
             if self.detector == "none":
                 return (f"model trained on pre-aligned face crops (crop.landmarks = {self.source!r}): every image is taken"
@@ -227,9 +246,23 @@ class FaceFinder:
             return [self._from_landmarks(pixels, np.asarray(landmarks, np.float32), "given landmarks", path)]
         if self._whole_image(gray):
             return [self._whole(pixels, path)]
-        if self.detector == "dlib":
-            return [self._from_landmarks(pixels, pts, "dlib", path) for pts in _detector("dlib").detect_all(gray)]
-        return [self._from_box(pixels, box, path) for box in _detector("haar")(gray)]
+        return [self._from_detection(pixels, face, path) for face in self._detect(gray)]
+
+    def _from_detection(self, pixels: np.ndarray, face: DetectedFace, path: str) -> Face:
+        if face.landmarks is None:
+            return self._from_box(pixels, tuple(float(v) for v in face.box), path, self.detector)
+        pts = np.asarray(face.landmarks, np.float32).reshape(-1, 2)
+        if len(pts) == 68:
+            return self._from_landmarks(pixels, pts, self.detector, path)
+        if len(pts) == 5:
+            # Five points place the face as well as 68 for the similarity; a landmark cropper gets the template's
+            # 68 points carried onto the face by it (an approximation, as for a Haar box).
+            from fermetric.components.landmarks import template_landmarks
+
+            target = template_landmarks(self.size, self.size)
+            to_original = similarity(five_from_68(target), pts)
+            return self._from_landmarks(pixels, _warp_points(to_original, target).astype(np.float32), self.detector, path)
+        raise FermetricError(f"face detector {self.detector!r} gave {len(pts)} landmarks; a DetectedFace holds 68, 5 or none")
 
     def _whole_image(self, gray: np.ndarray) -> bool:
         if self.detector == "none":
@@ -270,7 +303,7 @@ class FaceFinder:
         quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
         return Face(FaceImage(crop, path=path), method, _box_of(quad), quad, to_original)
 
-    def _from_box(self, pixels: np.ndarray, box: tuple[float, float, float, float], path: str) -> Face:
+    def _from_box(self, pixels: np.ndarray, box: tuple[float, float, float, float], path: str, method: str = "haar") -> Face:
         from fermetric.components.landmarks import template_landmarks
 
         x0, y0, x1, y1 = box
@@ -278,7 +311,7 @@ class FaceFinder:
             tpl = template_landmarks(1, 1) + 0.5  # [0, 1] box coordinates
             pts = (np.array([x0, y0]) + tpl * np.array([x1 - x0, y1 - y0]) - 0.5).astype(np.float32)
             quad = _quad_of_box(*box)
-            return Face(FaceImage(pixels, path=path, landmarks=pts), "haar", box, quad)
+            return Face(FaceImage(pixels, path=path, landmarks=pts), method, box, quad)
         if self.crop_name == "full_face" and self.margin:
             dx, dy = self.margin * (x1 - x0), self.margin * (y1 - y0)
             x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
@@ -289,7 +322,7 @@ class FaceFinder:
         to_original = _invert(to_crop)
         crop = warp(pixels, to_crop, s, s, border=cv2.BORDER_REPLICATE)
         quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
-        return Face(FaceImage(crop, path=path), "haar", _box_of(quad), quad, to_original)
+        return Face(FaceImage(crop, path=path), method, _box_of(quad), quad, to_original)
 
 
 def _warp_points(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -85,7 +85,8 @@ class Model:
     checkpoint), ``device``; ``predict``, ``embed`` and ``faces`` take the inputs :func:`iter_items` reads.
     """
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto", detect: str = "auto", host=None):
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", detect: Any = "auto", host=None,
+                 detector_params: dict[str, Any] | None = None):
         from fermetric.build import build
         from fermetric.plugins import get_host
 
@@ -100,7 +101,7 @@ class Model:
         self.crop_table = dict(self.meta["crop"])
         # What the network reads: grey crops (N, 1, H, W), or RGB ones (N, 3, H, W) for crop.color = "rgb".
         self.color = str(self.crop_table.get("color", "gray"))
-        self.finder = FaceFinder(self.crop_table, self.input_size, detect)
+        self.finder = FaceFinder(self.crop_table, self.input_size, detect, detector_params, host)
         table = self.finder.cropper_table(self.crop_table)
         try:
             self.cropper, _ = build(host, "cropper", table, where="crop")
@@ -240,9 +241,10 @@ class Model:
         return vectors, rows
 
 
-def load_model(path, device: str = "auto", fold: int | None = None, detect: str = "auto", host=None) -> Model:
+def load_model(path, device: str = "auto", fold: int | None = None, detect: Any = "auto", host=None,
+               detector_params: dict[str, Any] | None = None) -> Model:
     """A trained model from a run folder or a checkpoint file (see :mod:`fermetric.inference.model` for which
-    checkpoint a run folder gives); ``detect`` picks the face detector for raw pictures (``auto``, ``dlib``,
-    ``haar``, ``none``)."""
-    return Model(load_checkpoint(path, fold), device=device, detect=detect, host=host)
+    checkpoint a run folder gives); ``detect`` picks the face detector for raw pictures (``auto``, ``none``, a
+    registered face detector such as ``dlib`` or ``haar``, built with ``detector_params``, or a detector object)."""
+    return Model(load_checkpoint(path, fold), device=device, detect=detect, host=host, detector_params=detector_params)
 

@@ -307,6 +307,39 @@ def test_insightface_face_frames_the_106_landmarks(fake_pack):
     assert max(hi - lo) == pytest.approx(64.0)
 
 
+def test_insightface_face_detector_aligns_photos_by_its_five_points(fake_pack):
+    """``--detect insightface``: the detector's boxes, five points and scores, largest first; inference aligns a
+    template model's crop on the five points."""
+    from fermetric.contracts import DetectedFace
+    from fermetric.inference.faces import FaceFinder
+    from fermetric_insightface import InsightFaceFaces
+
+    image, pts = _rotated_face()
+    _FakeFaceAnalysis.faces = [_fake_detection(pts * 0.3, scale=0.3), _fake_detection(pts)]
+    detector = InsightFaceFaces(model_pack=str(fake_pack), det_size=320, det_thresh=0.6)
+    assert _FakeFaceAnalysis.calls[-1]["allowed_modules"] == ["detection"]
+    found = detector(image)
+    assert all(isinstance(f, DetectedFace) for f in found) and found[0].score == pytest.approx(0.9)
+    np.testing.assert_allclose(found[0].landmarks, five_from_68(pts))  # the larger face first
+    finder = FaceFinder({"name": "au_partial", "landmarks": "template"}, (48, 48), detect="insightface",
+                        detector_params={"model_pack": str(fake_pack)})
+    face = finder.find(image)[0]
+    target = five_from_68(template_landmarks(48, 48))
+    np.testing.assert_allclose(_apply(face.to_original, target), five_from_68(pts), atol=1e-3)
+    assert face.method == "insightface"
+
+
+def test_insightface_face_detector_without_its_pack_fails_when_the_model_loads(tmp_path, no_download, monkeypatch):
+    from fermetric.inference.faces import FaceFinder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelPackError, match=r"insightface model pack not found: .*models/buffalo_l \(--detector-param model_pack"):
+        FaceFinder({"name": "au_partial", "landmarks": "template"}, (48, 48), detect="insightface",
+                   detector_params={"model_pack": "models/buffalo_l"})
+    with pytest.raises(RecipeError, match="--detector-param model_pack is not set"):
+        FaceFinder({"name": "au_partial", "landmarks": "template"}, (48, 48), detect="insightface")
+
+
 def test_pack_without_landmark_model_is_reported(fake_pack):
     _FakeFaceAnalysis.tasks = ("detection",)
     with pytest.raises(ModelPackError, match="no 106-point landmark model.*2d106det.onnx"):

@@ -15,32 +15,11 @@ import numpy as np
 
 from fermetric.errors import NoFace, RecipeError
 from fermetric.components.landmarks import DlibLandmarks, get_landmarks
-from fermetric.contracts import IDENTITY, FaceImage, apply_affine, eye_centres, level_rotation, to_gray, warp
+from fermetric.contracts import IDENTITY, FaceImage, apply_affine, five_from_68, level_rotation, to_gray, warp
 
 from .models import InsightFaceDetector, import_insightface
 
 FIVE_POINT_SOURCES = ("dlib", "dataset", "template", "insightface")
-
-# iBUG-300W indices (fermetric's landmark order) of the five ArcFace points, in the order of insightface's
-# template (insightface.utils.face_align.arcface_dst): the eye on the image's left (the subject's right eye,
-# 36-41) and on the image's right (42-47), nose tip, mouth corners on the image's left and right.
-NOSE_TIP_68 = 30
-MOUTH_CORNERS_68 = (48, 54)
-
-
-def five_from_68(pts: np.ndarray) -> np.ndarray:
-    """The five ArcFace points from 68 iBUG landmarks: eye centres (mean of each eye's six points), nose tip
-    (30) and mouth corners (48, 54), as float64 (5, 2)."""
-    pts = np.asarray(pts, dtype=np.float64)
-    if pts.shape != (68, 2):
-        raise ValueError(f"expected (68, 2) landmarks, got {pts.shape}")
-    return np.stack([
-        *eye_centres(pts),
-        pts[NOSE_TIP_68],
-        pts[MOUTH_CORNERS_68[0]],
-        pts[MOUTH_CORNERS_68[1]],
-    ])
-
 
 def arcface_transform(five: np.ndarray, size: int) -> np.ndarray:
     """2x3 similarity mapping the five points onto insightface's ArcFace template for a ``size`` crop.
@@ -69,7 +48,7 @@ def arcface_transform(five: np.ndarray, size: int) -> np.ndarray:
     return matrix
 
 
-def _check_detector_params(det_size: int, det_thresh: float) -> None:
+def check_detector_params(det_size: int, det_thresh: float) -> None:
     if int(det_size) < 32 or int(det_size) % 32:
         raise RecipeError(f"det_size = {det_size}: insightface's detector needs a multiple of 32 (e.g. 640)")
     if not 0.0 < float(det_thresh) < 1.0:
@@ -100,7 +79,7 @@ class FivePointAligner:
             raise RecipeError(f"size = {size} is too small (at least 16 pixels)")
         if model_pack and landmarks != "insightface":
             raise RecipeError(f'model_pack is only used with landmarks = "insightface" (landmarks = {landmarks!r})')
-        _check_detector_params(det_size, det_thresh)
+        check_detector_params(det_size, det_thresh)
         self.landmarks = landmarks
         self.size = int(size)
         self.model_pack = model_pack
@@ -155,7 +134,7 @@ class InsightFaceCropper:
             raise RecipeError(f"size = {size} is too small (at least 8 pixels)")
         if not 0.0 <= float(margin) <= 2.0:
             raise RecipeError(f"margin = {margin} is outside [0, 2]")
-        _check_detector_params(det_size, det_thresh)
+        check_detector_params(det_size, det_thresh)
         self.model_pack = model_pack
         self.size = int(size)
         self.margin = float(margin)

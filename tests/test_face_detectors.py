@@ -1,0 +1,113 @@
+"""Face detectors at inference (``register_face_detectors``): what FaceFinder makes of a detector's 68 points, five
+points or bare box, against the exact geometry they came from; detector objects, names, parameters and errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fermetric.components.landmarks import template_landmarks
+from fermetric.contracts import DetectedFace, five_from_68
+from fermetric.errors import FermetricError, RecipeError
+from fermetric.inference.faces import FaceFinder, detector_names
+
+TEMPLATE_MODEL = {"name": "au_partial", "landmarks": "template"}  # trained on aligned crops (CK+48, FER2013)
+LANDMARK_MODEL = {"name": "au_partial", "landmarks": "dataset"}  # its cropper reads 68 landmarks
+
+
+def _similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:
+    c, s = scale * math.cos(math.radians(degrees)), scale * math.sin(math.radians(degrees))
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
+
+
+# A 48x48 aligned crop placed in a 320x240 picture: 3.1 times larger, turned by 12 degrees.
+CROP_TO_PICTURE = _similarity(3.1, 12.0, 95.0, 40.0)
+PICTURE = np.random.default_rng(0).integers(0, 255, (240, 320), dtype=np.uint8)
+
+
+class Fixed:
+    """A detector object that always reports the same faces."""
+
+    name = "fixed"
+
+    def __init__(self, *faces):
+        self.faces = list(faces)
+        self.calls = 0
+
+    def __call__(self, gray):
+        assert gray.ndim == 2 and gray.dtype == np.uint8
+        self.calls += 1
+        return list(self.faces)
+
+
+def _points_in_picture():
+    return _apply(CROP_TO_PICTURE, template_landmarks(48, 48)).astype(np.float32)
+
+
+@pytest.mark.parametrize("points", [68, 5])
+def test_landmarks_align_the_face_onto_the_training_framing_exactly(points):
+    pts = _points_in_picture()
+    given = pts if points == 68 else five_from_68(pts)
+    finder = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(DetectedFace((80.0, 30.0, 250.0, 220.0), given, 0.9)))
+    (face,) = finder.find(PICTURE)
+    assert face.method == "fixed"
+    np.testing.assert_allclose(face.to_original, CROP_TO_PICTURE, atol=1e-6)
+    assert face.face_image.image.shape == (48, 48)
+
+
+def test_five_points_give_a_landmark_cropper_the_template_carried_onto_the_face():
+    finder = FaceFinder(LANDMARK_MODEL, (48, 48), detect=Fixed(DetectedFace((0, 0, 1, 1), five_from_68(_points_in_picture()))))
+    (face,) = finder.find(PICTURE)
+    assert face.face_image.image.shape == PICTURE.shape  # the cropper reads the picture itself ...
+    np.testing.assert_allclose(face.face_image.landmarks, _points_in_picture(), atol=1e-4)  # ... at these points
+
+
+def test_a_bare_box_is_framed_as_a_haar_box_is():
+    box = (100.0, 50.0, 196.0, 146.0)
+    ours = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(DetectedFace(box))).find(PICTURE)[0]
+    haar = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar")._from_box(PICTURE, box, "", "haar")
+    assert ours.method == "fixed"
+    np.testing.assert_array_equal(ours.face_image.image, haar.face_image.image)
+    np.testing.assert_allclose(ours.to_original, haar.to_original)
+
+
+def test_every_face_is_kept_in_the_detectors_order():
+    big = DetectedFace((10.0, 10.0, 210.0, 210.0))
+    small = DetectedFace((220.0, 20.0, 300.0, 100.0))
+    faces = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(big, small)).find(PICTURE)
+    assert [f.box[0] < 215 for f in faces] == [True, False]
+
+
+def test_a_small_aligned_crop_is_read_as_it_is_without_asking_a_named_detector():
+    detector = Fixed(DetectedFace((0.0, 0.0, 48.0, 48.0)))
+    (face,) = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=detector).find(PICTURE[:48, :48])
+    assert face.method == "fixed" and detector.calls == 1  # a named or given detector is always asked
+    (auto,) = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="auto").find(PICTURE[:48, :48])
+    assert auto.method == "whole image"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("a box", "returned str, not fermetric.contracts.DetectedFace"),
+    (DetectedFace((0, 0, 9, 9), np.zeros((7, 2))), "gave 7 landmarks; a DetectedFace holds 68, 5 or none"),
+])
+def test_a_detector_that_breaks_the_contract_is_named(bad, message):
+    with pytest.raises(FermetricError, match=message):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(bad)).find(PICTURE)
+
+
+def test_names_parameters_and_their_errors():
+    assert {"auto", "haar", "dlib", "none"} <= set(detector_names())
+    with pytest.raises(FermetricError, match=r"--detect 'mtcnn': no such face detector; choose one of auto, .*haar"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect="mtcnn")
+    with pytest.raises(FermetricError, match="need a named detector"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect="auto", detector_params={"min_neighbors": 3})
+    with pytest.raises(RecipeError, match=r"--detect haar: face_detector 'haar' rejected its parameters \['min_neigbours'\]"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"min_neigbours": 3})
+    strict = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"min_neighbors": 50})
+    assert strict._instance.min_neighbors == 50  # built when named, with its parameters
