@@ -119,23 +119,28 @@ RESUME_ADVICE = "Nothing can be resumed from it: delete it to restart that fold 
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", *, needs: tuple[str, ...] = ("model",),
-                    error: Callable[[str], Exception] | None = None, advice: str = RESUME_ADVICE) -> dict[str, Any]:
+                    error: Callable[[str], Exception] | None = None, advice: str = RESUME_ADVICE,
+                    data: bytes | None = None) -> dict[str, Any]:
     """A checkpoint loaded with ``weights_only=True`` (no arbitrary objects are ever unpickled); a missing,
     truncated, random or foreign file raises ``error(message)`` (a FermetricError by default), a message that names the file, what
     is wrong with it and ``advice`` (what the caller's user should do), never a torch traceback.
 
     The one place checkpoints are read: resuming (the engine), initialising from a run (``model.init_from``) and
-    loading a model for inference differ only in the keys they need, the error they raise and the advice."""
+    loading a model for inference differ only in the keys they need, the error they raise and the advice.
+    ``data``: the file's bytes, already read by a caller that also hashes them (the checkpoint is then loaded from
+    exactly those bytes, even if the file is replaced meanwhile); ``path`` only names it in messages."""
+    import io
+
     import torch
 
     from fermetric.errors import FermetricError
 
     error = error or FermetricError
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise error(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError, KeyError: all mean "damaged"
         text = str(exc).strip()
         first = text.splitlines()[0][:200] if text else ""

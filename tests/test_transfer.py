@@ -113,6 +113,25 @@ def test_mismatches_are_errors_before_any_data_work(source, tmp_path, override, 
     assert not cache.exists(), "nothing was cropped"
 
 
+def test_the_source_is_loaded_from_the_bytes_that_were_hashed(source, monkeypatch):
+    """run.json's sha256 must be that of the weights used: the checkpoint is read once, hashed, and loaded from those
+    bytes, so a source run that rewrites best.pt in between cannot make them disagree."""
+    import hashlib
+
+    from fermetric.training import transfer
+
+    expected = _weights(source)["classifier.weight"]
+    reads, loads = [], []
+    path_type, real_read_bytes, real_load = type(source.best_checkpoint), type(source.best_checkpoint).read_bytes, torch.load
+    monkeypatch.setattr(path_type, "read_bytes", lambda path: reads.append(path) or real_read_bytes(path))
+    monkeypatch.setattr(torch, "load", lambda f, **kw: loads.append(f) or real_load(f, **kw))
+    ckpt, state, sha = transfer.load_source(source.root)
+    monkeypatch.undo()
+    assert reads == [ckpt] and sha == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert len(loads) == 1 and hasattr(loads[0], "read"), "loaded from the hashed bytes, not from the file again"
+    assert torch.equal(state["model"]["classifier.weight"], expected)
+
+
 def test_bad_sources_are_named(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "kfold" / "fold_00").mkdir(parents=True)

@@ -47,11 +47,12 @@ def source_checkpoint(path: str | Path) -> Path:
 
 
 def load_source(path: str | Path) -> tuple[Path, dict[str, Any], str]:
-    """(checkpoint path, checkpoint, sha256 of the file), loaded with ``weights_only=True``."""
+    """(checkpoint path, checkpoint, sha256 of the file), loaded with ``weights_only=True`` from the same bytes that
+    were hashed, so that run.json's hash is that of the weights used even if the source run rewrites its file."""
     ckpt = source_checkpoint(path)
     data = ckpt.read_bytes()
     state = load_checkpoint(ckpt, needs=("model", "meta"), error=lambda message: RecipeError(f"model.init_from: {message}"),
-                            advice="model.init_from names a fermetric run folder, one of its folds, or its best.pt")
+                            advice="model.init_from names a fermetric run folder, one of its folds, or its best.pt", data=data)
     return ckpt, state, hashlib.sha256(data).hexdigest()
 
 
