@@ -10,7 +10,7 @@ import pytest
 
 from fermetric.components.landmarks import template_landmarks
 from fermetric.contracts import DetectedFace, five_from_68
-from fermetric.errors import FermetricError, RecipeError
+from fermetric.errors import FermetricError, NoFace, RecipeError
 from fermetric.inference.faces import FaceFinder, detector_names
 
 TEMPLATE_MODEL = {"name": "au_partial", "landmarks": "template"}  # trained on aligned crops (CK+48, FER2013)
@@ -68,33 +68,51 @@ def test_five_points_give_a_landmark_cropper_the_template_carried_onto_the_face(
     np.testing.assert_allclose(face.face_image.landmarks, _points_in_picture(), atol=1e-4)  # ... at these points
 
 
-def test_a_bare_box_is_framed_as_a_haar_box_is():
-    box = (100.0, 50.0, 196.0, 146.0)
-    ours = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(DetectedFace(box))).find(PICTURE)[0]
-    haar = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar")._from_box(PICTURE, box, "", "haar")
-    assert ours.method == "fixed"
-    np.testing.assert_array_equal(ours.face_image.image, haar.face_image.image)
-    np.testing.assert_allclose(ours.to_original, haar.to_original)
+def test_a_smile_does_not_move_a_five_point_alignment():
+    """Like the 68-point fit on STABLE_POINTS, the five-point fit leaves the mouth corners out."""
+    five = five_from_68(_points_in_picture())
+    smiling = five.copy()
+    eye_distance = np.linalg.norm(five[1] - five[0])
+    smiling[3] += [-0.15 * eye_distance, -0.08 * eye_distance]
+    smiling[4] += [0.15 * eye_distance, -0.08 * eye_distance]
+    finder = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(DetectedFace((80.0, 30.0, 250.0, 220.0), smiling)))
+    np.testing.assert_allclose(finder.find(PICTURE)[0].to_original, CROP_TO_PICTURE, atol=1e-6)
 
 
-def test_every_face_is_kept_in_the_detectors_order():
-    big = DetectedFace((10.0, 10.0, 210.0, 210.0))
+def test_a_bare_box_maps_its_pixels_onto_the_crop():
+    """Box (first column/row, one past the last): the crop's outer pixel edges are the box's edges, as for Haar."""
+    box = (100.0, 50.0, 196.0, 146.0)  # 96 x 96 pixels: exactly 2 picture pixels per crop pixel
+    (face,) = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(DetectedFace(box))).find(PICTURE)
+    assert face.method == "fixed"
+    np.testing.assert_allclose(face.to_original, [[2.0, 0.0, 100.5], [0.0, 2.0, 50.5]])  # crop pixel 0 -> 100.5
+    assert face.box == pytest.approx((99.5, 49.5, 195.5, 145.5))  # the same edges, in pixel-centre coordinates
+    expected = PICTURE[50:146, 100:196].reshape(48, 2, 48, 2).mean(axis=(1, 3))
+    assert np.abs(face.face_image.image.astype(float) - expected).max() <= 1.0
+
+
+def test_faces_are_sorted_largest_first_and_unusable_ones_dropped():
     small = DetectedFace((220.0, 20.0, 300.0, 100.0))
-    faces = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(big, small)).find(PICTURE)
-    assert [f.box[0] < 215 for f in faces] == [True, False]
+    big = DetectedFace((10.0, 10.0, 210.0, 210.0))
+    broken = [DetectedFace((50.0, 50.0, 50.0, 90.0)), DetectedFace((0.0, 0.0, 80.0, 80.0), np.full((5, 2), np.nan)),
+              DetectedFace((0.0, 0.0, 80.0, 80.0), np.ones((5, 2))), DetectedFace((0.0, 0.0, float("inf"), 80.0))]
+    faces = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(small, *broken, big)).find(PICTURE)
+    assert [f.box[0] < 215 for f in faces] == [True, False]  # big first, whatever the detector's order
+    with pytest.raises(NoFace, match="gave only unusable faces .*has no area"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(broken[0])).find(PICTURE)
 
 
-def test_a_small_aligned_crop_is_read_as_it_is_without_asking_a_named_detector():
+def test_a_given_detector_is_asked_even_for_a_small_aligned_crop():
+    """Only ``auto`` takes a picture no larger than twice the model's input as an aligned crop as it is."""
     detector = Fixed(DetectedFace((0.0, 0.0, 48.0, 48.0)))
     (face,) = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=detector).find(PICTURE[:48, :48])
-    assert face.method == "fixed" and detector.calls == 1  # a named or given detector is always asked
+    assert face.method == "fixed" and detector.calls == 1
     (auto,) = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="auto").find(PICTURE[:48, :48])
     assert auto.method == "whole image"
 
 
 @pytest.mark.parametrize("bad, message", [
     ("a box", "returned str, not fermetric.contracts.DetectedFace"),
-    (DetectedFace((0, 0, 9, 9), np.zeros((7, 2))), "gave 7 landmarks; a DetectedFace holds 68, 5 or none"),
+    (DetectedFace((0, 0, 9, 9), np.arange(14.0).reshape(7, 2)), "gave 7 landmarks; a DetectedFace holds 68, 5 or none"),
 ])
 def test_a_detector_that_breaks_the_contract_is_named(bad, message):
     with pytest.raises(FermetricError, match=message):
@@ -105,9 +123,20 @@ def test_names_parameters_and_their_errors():
     assert {"auto", "haar", "dlib", "none"} <= set(detector_names())
     with pytest.raises(FermetricError, match=r"--detect 'mtcnn': no such face detector; choose one of auto, .*haar"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="mtcnn")
-    with pytest.raises(FermetricError, match="need a named detector"):
+    with pytest.raises(RecipeError, match="need a named detector"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="auto", detector_params={"min_neighbors": 3})
-    with pytest.raises(RecipeError, match=r"--detect haar: face_detector 'haar' rejected its parameters \['min_neigbours'\]"):
+    with pytest.raises(RecipeError, match="--detect haar: unknown parameter 'min_neigbours'; haar's parameters: scale_factor, min_neighbors"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"min_neigbours": 3})
+    with pytest.raises(RecipeError, match="'name' is not a detector parameter"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"name": "dlib"})
+    with pytest.raises(RecipeError, match="a detector object is already built"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(), detector_params={"share": 1})
     strict = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"min_neighbors": 50})
     assert strict._instance.min_neighbors == 50  # built when named, with its parameters
+    # One instance per set of parameters as the factory binds them: the default given or left out is the same.
+    default = FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar")
+    assert FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"min_neighbors": 5})._instance is default._instance
+    assert default._instance is not strict._instance
+    # A model whose cropper finds the face itself never uses a detector: none is built.
+    own = FaceFinder({"name": "some_plugin_cropper", "landmarks": "its_own"}, (48, 48), detect="haar")
+    assert own._instance is None and own.detector == "none"

@@ -20,7 +20,9 @@ from fermetric.errors import FermetricError
 
 
 def _box_of_points(pts: np.ndarray) -> tuple[float, float, float, float]:
-    return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
+    """The points' extent as a DetectedFace box: pixel-centre coordinates + 0.5 are first-pixel / one-past-last."""
+    return (float(pts[:, 0].min()) + 0.5, float(pts[:, 1].min()) + 0.5,
+            float(pts[:, 0].max()) + 0.5, float(pts[:, 1].max()) + 0.5)
 
 
 class DlibFaces:

@@ -30,6 +30,7 @@ mapped onto the crop as a Haar box is. Every face says how it was found (:attr:`
 from __future__ import annotations
 
 import importlib.util
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ import cv2
 import numpy as np
 
 from fermetric.contracts import DetectedFace, FaceImage, five_from_68, to_gray, warp
-from fermetric.errors import FermetricError
+from fermetric.errors import FermetricError, NoFace, RecipeError
 
 # Landmark sources whose croppers assume an image that already is an aligned face crop.
 ALIGNED_CROP_SOURCES = ("template", "haar")
@@ -57,7 +58,8 @@ class Face:
     """One face, ready for the model's cropper.
 
     face_image: what the cropper receives (the original image, or the aligned crop of this face).
-    method: how the face was found: ``dlib``, ``haar``, ``given landmarks``, ``whole image`` or ``cropper``.
+    method: how the face was found: the detector's name (``dlib``, ``haar``, a plugin's), ``given landmarks``,
+        ``whole image`` or ``cropper``.
     box: (x0, y0, x1, y1) of the face's frame in the original image's pixels.
     quad: the frame's four corners (top-left, top-right, bottom-right, bottom-left) in the original image; a
         rotated rectangle when the face was aligned.
@@ -117,8 +119,11 @@ _detector_lock = threading.Lock()
 
 
 def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
-    """The registered face detector ``name`` built with ``params``, once per process for each (name, params): dlib's
-    landmark model alone is ~100 MB to parse."""
+    """The registered face detector ``name`` built with ``params``, once per process for each (name, parameters as
+    the factory binds them, defaults included): dlib's landmark model alone is ~100 MB to parse, an insightface
+    detector an ONNX session."""
+    import inspect
+
     from fermetric.build import build
     from fermetric.plugins import get_host
 
@@ -126,11 +131,24 @@ def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
     registry = host.registry("face_detector")
     if name not in registry:
         raise unknown_detector(name, host)
+    component = registry.get(name)
     params = dict(params or {})
-    key = (name, registry.get(name).factory, repr(sorted(params.items())))
+    where = f"--detect {name}"
+    if "name" in params:
+        raise RecipeError(f"{where}: 'name' is not a detector parameter (--detect chooses the detector)")
+    unknown = sorted(set(params) - set(component.params)) if not component.accepts_any else []
+    if unknown:
+        valid = ", ".join(component.params) or "none"
+        raise RecipeError(f"{where}: unknown parameter {', '.join(map(repr, unknown))}; {name}'s parameters: {valid}")
+    try:
+        bound = inspect.signature(component.factory).bind(**params)
+        bound.apply_defaults()
+        key = (name, component.factory, repr(sorted(bound.arguments.items())))
+    except (TypeError, ValueError):
+        key = (name, component.factory, repr(sorted(params.items())))
     with _detector_lock:
         if key not in _detectors:
-            _detectors[key], _ = build(host, "face_detector", {"name": name, **params}, {"name"}, where=f"--detect {name}")
+            _detectors[key], _ = build(host, "face_detector", {"name": name, **params}, {"name"}, where=where)
         return _detectors[key]
 
 
@@ -161,7 +179,11 @@ class FaceFinder:
         self.detector_params = dict(detector_params or {})
         self._instance = None
         if callable(detect) and not isinstance(detect, str):
-            self.requested, self.detector, self._instance = "object", getattr(detect, "name", type(detect).__name__), detect
+            if self.detector_params:
+                raise RecipeError(f"detector parameters {sorted(self.detector_params)} are for a detector named by"
+                                  " detect='NAME'; a detector object is already built")
+            name = getattr(detect, "name", None) or getattr(detect, "__name__", None) or type(detect).__name__
+            self.requested, self.detector, self._instance = "object", str(name), detect
         else:
             detect = str(detect)
             self.requested = detect
@@ -170,7 +192,7 @@ class FaceFinder:
             else:
                 detector = detect
             if self.detector_params and detect in ("auto", "none"):
-                raise FermetricError(f"detector parameters {sorted(self.detector_params)} need a named detector (--detect NAME), not {detect!r}")
+                raise RecipeError(f"detector parameters {sorted(self.detector_params)} need a named detector (--detect NAME), not {detect!r}")
             if detector == "dlib" and not dlib_available():
                 from fermetric.components.landmarks import DLIB_INSTALL_HINT
 
@@ -178,20 +200,27 @@ class FaceFinder:
             if detector not in detector_names(host):
                 raise unknown_detector(detect, host)
             self.detector = detector
-            if detect not in ("auto", "none"):
+            if detect not in ("auto", "none") and self.mode != "cropper":
                 # Asked for by name: a detector that lacks its model files fails now, before any picture is read.
                 self._instance = build_detector(detector, self.detector_params, host)
         if self.mode == "cropper":
             self.detector = "none"
 
     def _detect(self, gray: np.ndarray) -> list[DetectedFace]:
+        """The detector's faces, checked (a plugin's bad face must not stop a whole predict), largest first."""
         if self._instance is None:
             self._instance = build_detector(self.detector, self.detector_params, self.host)
         faces = list(self._instance(gray))
-        bad = [f for f in faces if not isinstance(f, DetectedFace)]
-        if bad:
-            raise FermetricError(f"face detector {self.detector!r} returned {type(bad[0]).__name__}, not fermetric.contracts.DetectedFace")
-        return faces
+        wrong = [f for f in faces if not isinstance(f, DetectedFace)]
+        if wrong:
+            raise FermetricError(f"face detector {self.detector!r} returned {type(wrong[0]).__name__}, not fermetric.contracts.DetectedFace")
+        usable, problems = [], []
+        for f in faces:
+            problem = _degenerate(f)
+            (problems if problem else usable).append(problem or f)
+        if faces and not usable:
+            raise NoFace(f"face detector {self.detector!r} gave only unusable faces ({problems[0]})")
+        return sorted(usable, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
 
     @property
     def mode(self) -> str:
@@ -255,12 +284,13 @@ class FaceFinder:
         if len(pts) == 68:
             return self._from_landmarks(pixels, pts, self.detector, path)
         if len(pts) == 5:
-            # Five points place the face as well as 68 for the similarity; a landmark cropper gets the template's
-            # 68 points carried onto the face by it (an approximation, as for a Haar box).
+            # As with 68 points, the similarity is fitted on points that barely move with the expression: the eyes
+            # and the nose tip (a smile would pull the mouth corners, and with them the framing). A landmark cropper
+            # gets the template's 68 points carried onto the face by it (an approximation, as for a Haar box).
             from fermetric.components.landmarks import template_landmarks
 
             target = template_landmarks(self.size, self.size)
-            to_original = similarity(five_from_68(target), pts)
+            to_original = similarity(five_from_68(target)[:3], pts[:3])
             return self._from_landmarks(pixels, _warp_points(to_original, target).astype(np.float32), self.detector, path)
         raise FermetricError(f"face detector {self.detector!r} gave {len(pts)} landmarks; a DetectedFace holds 68, 5 or none")
 
@@ -323,6 +353,24 @@ class FaceFinder:
         crop = warp(pixels, to_crop, s, s, border=cv2.BORDER_REPLICATE)
         quad = _warp_points(to_original, _quad_of_box(-0.5, -0.5, s - 0.5, s - 0.5))
         return Face(FaceImage(crop, path=path), method, _box_of(quad), quad, to_original)
+
+
+def _degenerate(face: DetectedFace) -> str:
+    """Why a detected face cannot be aligned ("" when it can): a box that is not finite or has no area, landmarks
+    that are not finite or all coincide."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in face.box)
+    except (TypeError, ValueError):
+        return f"box {face.box!r} is not four numbers"
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 - x0 < 1 or y1 - y0 < 1:
+        return f"box {face.box!r} has no area"
+    if face.landmarks is not None:
+        pts = np.asarray(face.landmarks, np.float64)
+        if not np.isfinite(pts).all():
+            return "landmarks that are not finite"
+        if pts.ndim == 2 and len(pts) and np.ptp(pts, axis=0).max() < 1e-3:
+            return "landmarks that all coincide"
+    return ""
 
 
 def _warp_points(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
