@@ -85,7 +85,7 @@ def test_a_bare_box_maps_its_pixels_onto_the_crop():
     (face,) = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(DetectedFace(box))).find(PICTURE)
     assert face.method == "fixed"
     np.testing.assert_allclose(face.to_original, [[2.0, 0.0, 100.5], [0.0, 2.0, 50.5]])  # crop pixel 0 -> 100.5
-    assert face.box == pytest.approx((99.5, 49.5, 195.5, 145.5))  # the same edges, in pixel-centre coordinates
+    assert face.box == pytest.approx(box)  # reported as the detector gave it
     expected = PICTURE[50:146, 100:196].reshape(48, 2, 48, 2).mean(axis=(1, 3))
     assert np.abs(face.face_image.image.astype(float) - expected).max() <= 1.0
 
@@ -94,11 +94,14 @@ def test_faces_are_sorted_largest_first_and_unusable_ones_dropped():
     small = DetectedFace((220.0, 20.0, 300.0, 100.0))
     big = DetectedFace((10.0, 10.0, 210.0, 210.0))
     broken = [DetectedFace((50.0, 50.0, 50.0, 90.0)), DetectedFace((0.0, 0.0, 80.0, 80.0), np.full((5, 2), np.nan)),
-              DetectedFace((0.0, 0.0, 80.0, 80.0), np.ones((5, 2))), DetectedFace((0.0, 0.0, float("inf"), 80.0))]
+              DetectedFace((0.0, 0.0, 80.0, 80.0), np.ones((5, 2))), DetectedFace((0.0, 0.0, float("inf"), 80.0)),
+              DetectedFace((1000.0, 1000.0, 1100.0, 1100.0))]
     faces = FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(small, *broken, big)).find(PICTURE)
     assert [f.box[0] < 215 for f in faces] == [True, False]  # big first, whatever the detector's order
     with pytest.raises(NoFace, match="gave only unusable faces .*has no area"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(broken[0])).find(PICTURE)
+    with pytest.raises(NoFace, match="lies outside the 320x240 picture"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect=Fixed(broken[-1])).find(PICTURE)
 
 
 def test_a_given_detector_is_asked_even_for_a_small_aligned_crop():
@@ -140,3 +143,26 @@ def test_names_parameters_and_their_errors():
     # A model whose cropper finds the face itself never uses a detector: none is built.
     own = FaceFinder({"name": "some_plugin_cropper", "landmarks": "its_own"}, (48, 48), detect="haar")
     assert own._instance is None and own.detector == "none"
+
+
+@pytest.mark.parametrize("frame", ["whole picture", "near the top", "at the right edge"])
+def test_an_annotation_label_stays_on_the_picture(frame):
+    """A label goes above its frame, else below, else inside its top, and never past the picture's right edge."""
+    from fermetric.inference.annotate import draw
+    from fermetric.inference.faces import _quad_of_pixels
+    from fermetric.inference.predict import FaceResult
+
+    box = {"whole picture": (0, 0, 320, 240), "near the top": (40, 2, 140, 100), "at the right edge": (250, 120, 320, 200)}[frame]
+    row = FaceResult("p.png", 0, face=0, box=box, label="surprise", confidence=0.91,
+                     probabilities={"surprise": 0.91, "fear": 0.05, "happy": 0.04})
+    picture = np.full((240, 320), 128, np.uint8)
+    canvas = draw(picture, [row], [_quad_of_pixels(*box)])
+    black = np.all(canvas == 0, axis=2)  # the labels' background boxes
+    rows_with_label = np.flatnonzero(black.any(axis=1))
+    assert black.sum() > 500, "no label drawn"
+    cols = np.flatnonzero(black.any(axis=0))
+    assert rows_with_label.max() < canvas.shape[0] - 1
+    if frame == "near the top":
+        assert rows_with_label.min() > 0.4 * canvas.shape[0]  # below the frame (which starts at row 2)
+    if frame == "at the right edge":
+        assert cols.min() < 250 * canvas.shape[1] / 320  # moved left so that "surprise 0.91" fits

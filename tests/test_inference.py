@@ -135,6 +135,15 @@ def test_run_folder_kfold_picks_best_validation_fold(run_dir, tmp_path):
     assert Path(fermetric.load_model(kfold.root, fold=2).checkpoint) == kfold.fold(2).best_checkpoint
     with pytest.raises(fermetric.inference.ModelLoadError, match="has folds 0, 1, 2"):
         fermetric.load_model(kfold.root, fold=7)
+    assert "the run is not finished (0 of 3 folds finished): its model may still change" in m.choice
+    # While fold 1 is still training (no test metrics yet), its best.pt so far is not a candidate.
+    from fermetric.runfolder import write_json
+
+    for i in (0, 2):
+        write_json({"accuracy": 0.5}, kfold.fold(i).metrics_file)
+    m = fermetric.load_model(kfold.root, device="cpu")
+    assert Path(m.checkpoint) == kfold.fold(2).best_checkpoint and "the highest of 2 finished folds" in m.choice
+    assert invoke("predict", kfold.root, tmp_path / "none.png", "--fold", "7").exit_code == 2  # a bad command line
 
 
 def test_bad_model_files_give_one_clear_message(run_dir, tmp_path):

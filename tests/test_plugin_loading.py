@@ -275,6 +275,6 @@ def test_a_plugins_face_detector_is_listed_and_used_by_name_with_its_parameters(
     finder = FaceFinder({"name": "au_partial", "landmarks": "template"}, (48, 48), detect="fmtest_centre",
                         detector_params={"share": 0.5}, host=host)
     (face,) = finder.find(np.zeros((200, 300), np.uint8))
-    # Face.box is in pixel-centre coordinates: the outer edges of columns 75..224 and rows 50..149.
-    assert face.method == "fmtest_centre" and face.box == pytest.approx((74.5, 49.5, 224.5, 149.5))
+    # The box as the detector gave it (columns 75..224, rows 50..149: first pixel and one past the last).
+    assert face.method == "fmtest_centre" and face.box == pytest.approx((75.0, 50.0, 225.0, 150.0))
     assert "the 'fmtest_centre' face detector" in finder.describe()

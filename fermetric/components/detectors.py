@@ -10,12 +10,13 @@ its own through ``register_face_detectors`` and users pick it with ``fermetric p
 from __future__ import annotations
 
 import threading
+from typing import Annotated
 
 import cv2
 import numpy as np
 
 import fermetric
-from fermetric.contracts import DetectedFace
+from fermetric.contracts import DetectedFace, Range
 from fermetric.errors import FermetricError
 
 
@@ -28,10 +29,11 @@ def _box_of_points(pts: np.ndarray) -> tuple[float, float, float, float]:
 class DlibFaces:
     """Every face dlib's HOG detector finds, with its 68 landmarks (fermetric's ``DlibLandmarks``), largest first.
 
-    upsample: how many times dlib doubles the picture internally to find smaller faces (about 4x the cost each).
+    upsample: how many times dlib doubles the picture internally to find smaller faces (about 4x the cost and the
+        memory each, so at most 3).
     """
 
-    def __init__(self, upsample: int = 0):
+    def __init__(self, upsample: Annotated[int, Range(0, 3)] = 0):
         from fermetric.components.landmarks import DlibLandmarks
 
         self.landmarks = DlibLandmarks(upsample=upsample)  # fails now, with the install hint, when dlib is missing
@@ -44,10 +46,12 @@ class HaarFaces:
     """Every frontal face OpenCV's Haar cascade finds, largest first (the recipe-side ``HaarFaceBox`` keeps only
     the largest). Pictures under 160 px are padded and upscaled first, as the landmark sources do.
 
-    scale_factor, min_neighbors: ``cv2.CascadeClassifier.detectMultiScale``'s parameters.
+    scale_factor: how much the search window grows from one scale to the next (``detectMultiScale``'s; > 1).
+    min_neighbors: how many overlapping detections a face needs (fewer finds more faces, and more false ones).
     """
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5):
+    def __init__(self, scale_factor: Annotated[float, Range(1.0, 4.0, low_inclusive=False)] = 1.1,
+                 min_neighbors: Annotated[int, Range(0, 100)] = 5):
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():

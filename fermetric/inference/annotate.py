@@ -47,14 +47,22 @@ def draw(image: np.ndarray, rows: list[FaceResult], quads: list[np.ndarray | Non
         cv2.polylines(canvas, [pts], True, colour, thick, cv2.LINE_AA)
         lines = [f"{row.label} {row.confidence:.2f}"] if row.status == "ok" else [row.status.replace("_", " ")]
         lines += [f"{c} {p:.2f}" for c, p in row.top(top_k)[1:]] if row.status == "ok" else []
-        x, y = int(pts[:, 0].min()), int(pts[:, 1].min())
+        x, y, bottom = int(pts[:, 0].min()), int(pts[:, 1].min()), int(pts[:, 1].max())
         line_h = int(22 * font_scale) + 4
-        y0 = y - line_h * len(lines) - 2 if y - line_h * len(lines) - 2 > 0 else int(pts[:, 1].max()) + line_h
+        block = line_h * len(lines)
+        # Above the frame, else below it, else inside its top (a frame as large as the picture: --detect none).
+        if y - block - 2 > 0:
+            y0 = y - block - 2
+        elif bottom + block + 2 < h:
+            y0 = bottom + 2
+        else:
+            y0 = max(0, y) + 2
         for j, text in enumerate(lines):
             ty = y0 + j * line_h + line_h - 4
             (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale * (1 if j == 0 else 0.8), thick)
-            cv2.rectangle(canvas, (x, ty - th - 3), (x + tw + 4, ty + 3), (0, 0, 0), -1)
-            cv2.putText(canvas, text, (x + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale * (1 if j == 0 else 0.8), colour if j == 0 else (230, 230, 230), thick, cv2.LINE_AA)
+            tx = min(max(0, x), max(0, w - tw - 5))
+            cv2.rectangle(canvas, (tx, ty - th - 3), (tx + tw + 4, ty + 3), (0, 0, 0), -1)
+            cv2.putText(canvas, text, (tx + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale * (1 if j == 0 else 0.8), colour if j == 0 else (230, 230, 230), thick, cv2.LINE_AA)
     if not any(q is not None for q in quads) and rows:
         cv2.putText(canvas, rows[0].reason or rows[0].status, (5, int(24 * font_scale) + 5), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (60, 60, 255), thick, cv2.LINE_AA)
     return canvas

@@ -2,7 +2,7 @@
 
 Exit codes, as for the rest of the CLI: 0 when anything was processed (rows for unreadable files and pictures
 without a face are part of a normal result), 1 when nothing could be read or the model cannot be loaded, 2 for a
-bad command line.
+bad command line (including a --fold the run lacks, bad detector parameters, a missing detector model pack).
 """
 
 from __future__ import annotations
@@ -116,7 +116,11 @@ def _report(rows, what: str) -> None:
     from fermetric.progress import console
 
     c = _summary(rows)
-    console.print(f"{what}: {c['pictures']} pictures, {c['faces']} faces, {c['no_face']} without a face,"
+    def n(count: int, noun: str) -> str:
+        return f"{count} {noun}{'' if count == 1 else 's'}"
+
+    # Inputs: pictures, video frames, and the files or patterns that gave none (unreadable, skipped).
+    console.print(f"{what}: {n(c['pictures'], 'input')}, {n(c['faces'], 'face')}, {c['no_face']} without a face,"
                   f" {c['unreadable']} unreadable, {c['skipped']} skipped")
     for r in [r for r in rows if r.status in ("unreadable", "skipped")][:5]:
         console.print(f"  [yellow]{r.status}[/] {r.source}: {r.reason}")
@@ -267,8 +271,9 @@ def evaluate(model, data, label_map, split, split_column, limit, overrides, out,
         metrics = run_evaluate(m, dataset, mapping, batch_size=batch_size, tta=tta,
                                predictions_csv=Path(predictions) if predictions else None, on_item=progress)
     for label, info in metrics["unmapped"].items():
+        hint = "" if info["reason"] == "excluded by --label-map" else f"; map it with --label-map {label}=CLASS"
         console.print(f"[yellow]not scored[/]: {info['images']} images labelled {label!r} ({info['reason']}; the model called them"
-                      f" {', '.join(f'{k} {v}' for k, v in list(info['predicted_as'].items())[:3])}); map it with --label-map {label}=CLASS")
+                      f" {', '.join(f'{k} {v}' for k, v in list(info['predicted_as'].items())[:3])}){hint}")
     if metrics["model_classes_without_images"]:
         console.print(f"model classes with no test image (no recall; left out of macro-F1): {', '.join(metrics['model_classes_without_images'])}")
     if metrics["unreadable"] or metrics["no_face"]:

@@ -60,17 +60,18 @@ class Face:
     face_image: what the cropper receives (the original image, or the aligned crop of this face).
     method: how the face was found: the detector's name (``dlib``, ``haar``, a plugin's), ``given landmarks``,
         ``whole image`` or ``cropper``.
-    box: (x0, y0, x1, y1) of the face's frame in the original image's pixels.
-    quad: the frame's four corners (top-left, top-right, bottom-right, bottom-left) in the original image; a
-        rotated rectangle when the face was aligned.
+    box: (x0, y0, x1, y1) of the face's frame in the original image: its first column and row and one past its
+        last, as OpenCV and PIL write boxes (``image[y0:y1, x0:x1]``; the bounding box of ``quad`` when rotated).
+    quad: the frame's four corners (top-left, top-right, bottom-right, bottom-left) in the original image, in
+        pixel-centre coordinates (pixel i spans i - 0.5 .. i + 0.5); a rotated rectangle when the face was aligned.
     to_original: 2x3 affine from ``face_image`` pixels to original pixels (identity unless aligned).
     """
 
-    face_image: FaceImage
+    face_image: FaceImage = field(repr=False)
     method: str
     box: tuple[float, float, float, float]
-    quad: np.ndarray
-    to_original: np.ndarray = field(default_factory=lambda: np.array([[1.0, 0, 0], [0, 1.0, 0]]))
+    quad: np.ndarray = field(repr=False)
+    to_original: np.ndarray = field(default_factory=lambda: np.array([[1.0, 0, 0], [0, 1.0, 0]]), repr=False)
 
 
 def dlib_available() -> bool:
@@ -90,7 +91,13 @@ def _quad_of_box(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
 
 
 def _box_of(quad: np.ndarray) -> tuple[float, float, float, float]:
-    return (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
+    """The box (first pixel, one past the last) around a quad in pixel-centre coordinates."""
+    return (float(quad[:, 0].min()) + 0.5, float(quad[:, 1].min()) + 0.5, float(quad[:, 0].max()) + 0.5, float(quad[:, 1].max()) + 0.5)
+
+
+def _quad_of_pixels(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """The quad (pixel-centre coordinates) of a box given as first pixel / one past the last."""
+    return _quad_of_box(x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5)
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -125,7 +132,7 @@ def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
     import inspect
 
     from fermetric.build import build
-    from fermetric.plugins import get_host
+    from fermetric.plugins import check_value, get_host
 
     host = host or get_host()
     registry = host.registry("face_detector")
@@ -140,6 +147,10 @@ def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
     if unknown:
         valid = ", ".join(component.params) or "none"
         raise RecipeError(f"{where}: unknown parameter {', '.join(map(repr, unknown))}; {name}'s parameters: {valid}")
+    for key, value in params.items():
+        expected = check_value(component.params[key], value) if key in component.params else None
+        if expected is not None:
+            raise RecipeError(f"{where}: {key} = {value!r} must be {expected}")
     try:
         bound = inspect.signature(component.factory).bind(**params)
         bound.apply_defaults()
@@ -184,8 +195,10 @@ class FaceFinder:
                                   " detect='NAME'; a detector object is already built")
             name = getattr(detect, "name", None) or getattr(detect, "__name__", None) or type(detect).__name__
             self.requested, self.detector, self._instance = "object", str(name), detect
+        elif not isinstance(detect, str):
+            raise RecipeError(f"detect = {detect!r}: give a face detector's name ({', '.join(detector_names(host))})"
+                              " or a detector object, detector(gray) -> list[DetectedFace]")
         else:
-            detect = str(detect)
             self.requested = detect
             if detect == "auto":
                 detector = "dlib" if dlib_available() else "haar"
@@ -210,13 +223,18 @@ class FaceFinder:
         """The detector's faces, checked (a plugin's bad face must not stop a whole predict), largest first."""
         if self._instance is None:
             self._instance = build_detector(self.detector, self.detector_params, self.host)
-        faces = list(self._instance(gray))
+        found = self._instance(gray)
+        try:
+            faces = list(found)
+        except TypeError:
+            raise FermetricError(f"face detector {self.detector!r} returned {type(found).__name__}, not a list of"
+                                 " fermetric.contracts.DetectedFace") from None
         wrong = [f for f in faces if not isinstance(f, DetectedFace)]
         if wrong:
             raise FermetricError(f"face detector {self.detector!r} returned {type(wrong[0]).__name__}, not fermetric.contracts.DetectedFace")
         usable, problems = [], []
         for f in faces:
-            problem = _degenerate(f)
+            problem = _degenerate(f, gray.shape)
             (problems if problem else usable).append(problem or f)
         if faces and not usable:
             raise NoFace(f"face detector {self.detector!r} gave only unusable faces ({problems[0]})")
@@ -251,8 +269,10 @@ class FaceFinder:
                         " as one face already framed like the training data (--detect none)")
             small = (f"; images up to {int(self.size * ALIGNED_CROP_MAX_RATIO)} px are taken as aligned crops already"
                      if self.requested == "auto" else "")
+            how = ("their box is mapped onto the training framing (no eye line: not rotated)" if self.detector == "haar"
+                   else "aligned to the training framing")
             return (f"model trained on pre-aligned face crops (crop.landmarks = {self.source!r}): faces in photos are"
-                    f" detected with {det} and aligned to the training framing before the {self.crop_name} crop{small}")
+                    f" detected with {det} and {how} before the {self.crop_name} crop{small}")
         if self.mode == "landmarks":
             if self.detector == "none":
                 return "every image is taken as one face; template landmarks stand in for detected ones (--detect none)"
@@ -270,7 +290,7 @@ class FaceFinder:
         gray = to_gray(pixels)
         h, w = gray.shape
         if self.mode == "cropper":
-            return [Face(FaceImage(pixels, path=path, landmarks=landmarks), "cropper", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))]
+            return [Face(FaceImage(pixels, path=path, landmarks=landmarks), "cropper", (0.0, 0.0, float(w), float(h)), _quad_of_pixels(0, 0, w, h))]
         if landmarks is not None:
             return [self._from_landmarks(pixels, np.asarray(landmarks, np.float32), "given landmarks", path)]
         if self._whole_image(gray):
@@ -306,7 +326,7 @@ class FaceFinder:
 
         h, w = pixels.shape[:2]
         lms = template_landmarks(h, w) if self.mode == "landmarks" else None
-        return Face(FaceImage(pixels, path=path, landmarks=lms), "whole image", (0.0, 0.0, float(w), float(h)), _quad_of_box(0, 0, w, h))
+        return Face(FaceImage(pixels, path=path, landmarks=lms), "whole image", (0.0, 0.0, float(w), float(h)), _quad_of_pixels(0, 0, w, h))
 
     def _template_frame(self, pts: np.ndarray) -> np.ndarray:
         """2x3 similarity from image pixels onto a ``size`` x ``size`` aligned crop (template framing)."""
@@ -340,8 +360,7 @@ class FaceFinder:
         if self.mode == "landmarks":
             tpl = template_landmarks(1, 1) + 0.5  # [0, 1] box coordinates
             pts = (np.array([x0, y0]) + tpl * np.array([x1 - x0, y1 - y0]) - 0.5).astype(np.float32)
-            quad = _quad_of_box(*box)
-            return Face(FaceImage(pixels, path=path, landmarks=pts), method, box, quad)
+            return Face(FaceImage(pixels, path=path, landmarks=pts), method, box, _quad_of_pixels(*box))
         if self.crop_name == "full_face" and self.margin:
             dx, dy = self.margin * (x1 - x0), self.margin * (y1 - y0)
             x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
@@ -355,15 +374,17 @@ class FaceFinder:
         return Face(FaceImage(crop, path=path), method, _box_of(quad), quad, to_original)
 
 
-def _degenerate(face: DetectedFace) -> str:
-    """Why a detected face cannot be aligned ("" when it can): a box that is not finite or has no area, landmarks
-    that are not finite or all coincide."""
+def _degenerate(face: DetectedFace, shape: tuple[int, ...]) -> str:
+    """Why a detected face cannot be aligned ("" when it can): a box that is not finite, has no area or lies
+    outside the picture, landmarks that are not finite or all coincide."""
     try:
         x0, y0, x1, y1 = (float(v) for v in face.box)
     except (TypeError, ValueError):
         return f"box {face.box!r} is not four numbers"
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 - x0 < 1 or y1 - y0 < 1:
         return f"box {face.box!r} has no area"
+    if x1 <= 0 or y1 <= 0 or x0 >= shape[1] or y0 >= shape[0]:
+        return f"box {face.box!r} lies outside the {shape[1]}x{shape[0]} picture"
     if face.landmarks is not None:
         pts = np.asarray(face.landmarks, np.float64)
         if not np.isfinite(pts).all():

@@ -38,6 +38,12 @@ class ModelLoadError(FermetricError):
     """The model file or folder cannot be used; the message names the file and what is missing."""
 
 
+class FoldError(ModelLoadError):
+    """``--fold K`` names no fold of the run: a bad command line (exit 2), not a damaged model."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A resolved checkpoint: where it is, why this one, and its contents."""
@@ -117,7 +123,7 @@ def resolve_checkpoint(path: str | Path, fold: int | None = None) -> tuple[Path,
     path = Path(path)
     if path.is_file():
         if fold is not None:
-            raise ModelLoadError(f"--fold {fold} needs a run folder; {path} is a checkpoint file")
+            raise FoldError(f"--fold {fold} needs a run folder; {path} is a checkpoint file")
         return path, "the given checkpoint"
     if not path.is_dir():
         raise ModelLoadError(f"model not found: {path} (give a run folder or a checkpoint file)")
@@ -125,22 +131,31 @@ def resolve_checkpoint(path: str | Path, fold: int | None = None) -> tuple[Path,
     folds = run.folds()
     if not folds:
         if fold not in (None, 0):
-            raise ModelLoadError(f"--fold {fold}: {path} is a single-split run (no fold folders)")
+            raise FoldError(f"--fold {fold}: {path} is a single-split run (no fold folders)")
         return _checkpoint_of(run)
     by_index = {int(f.root.name.rsplit("_", 1)[1]): f for f in folds}
     if fold is not None:
         if fold not in by_index:
-            raise ModelLoadError(f"--fold {fold}: {path} has folds {', '.join(map(str, sorted(by_index)))}")
+            raise FoldError(f"--fold {fold}: {path} has folds {', '.join(map(str, sorted(by_index)))}")
         ckpt, why = _checkpoint_of(by_index[fold])
         return ckpt, f"fold {fold} (--fold), {why}"
     usable = {i: f for i, f in by_index.items() if f.best_checkpoint.is_file() or f.last_checkpoint.is_file()}
     if not usable:
         raise ModelLoadError(f"{path}: none of its {len(folds)} folds has a checkpoint")
-    best = max(usable, key=lambda i: (_best_val(usable[i]), -i))
-    ckpt, why = _checkpoint_of(usable[best])
-    score = _best_val(usable[best])
-    how = f"validation accuracy {score:.4f}, the highest of {len(usable)} folds" if score >= 0 else f"the first of {len(usable)} folds (no validation scores)"
-    return ckpt, f"fold {best} ({how}; --fold K picks another), {why}"
+    # A fold still training has a best.pt from some epoch so far: choose among the finished folds (those with test
+    # metrics) when there are any, and say when the run is not finished.
+    finished = {i: f for i, f in usable.items() if f.metrics()}
+    candidates = finished or usable
+    best = max(candidates, key=lambda i: (_best_val(candidates[i]), -i))
+    ckpt, why = _checkpoint_of(candidates[best])
+    score = _best_val(candidates[best])
+    what = "finished folds" if finished else "folds"
+    how = (f"validation accuracy {score:.4f}, the highest of {len(candidates)} {what}" if score >= 0
+           else f"the first of {len(candidates)} {what} (no validation scores)")
+    status = run.status()
+    warning = (f"; the run is {status or 'not finished'} ({len(finished)} of {len(folds)} folds finished):"
+               " its model may still change" if status != "finished" else "")
+    return ckpt, f"fold {best} ({how}; --fold K picks another), {why}{warning}"
 
 
 def load_checkpoint(path: str | Path, fold: int | None = None) -> Checkpoint:

@@ -39,8 +39,8 @@ class FaceResult:
     frame: int | None = None
     time_s: float | None = None
     face: int | None = None  # 0 = the largest face of the picture
-    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in the picture's pixels
-    method: str = ""  # how the face was found (dlib, haar, whole image, given landmarks, cropper)
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1: first pixel and one past the last
+    method: str = ""  # how the face was found (the detector's name, whole image, given landmarks, cropper)
     label: str | None = None
     confidence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)

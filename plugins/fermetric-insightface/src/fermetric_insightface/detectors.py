@@ -24,8 +24,10 @@ class InsightFaceFaces:
 
     def __init__(self, model_pack: str = "", det_size: int = 640, det_thresh: float = 0.5):
         check_detector_params(det_size, det_thresh)
-        self.detector = InsightFaceDetector(model_pack, need_106=False, det_size=det_size, det_thresh=det_thresh,
-                                            key="--detector-param model_pack")
+        self.detector = InsightFaceDetector(
+            model_pack, need_106=False, det_size=det_size, det_thresh=det_thresh, key="--detector-param model_pack",
+            alternative='give one with --detector-param model_pack="path/to/buffalo_l", or use --detect dlib or'
+                        " --detect haar, which need no model pack.")
 
     def __call__(self, gray: np.ndarray):
         return [DetectedFace(tuple(float(v) for v in d.bbox), d.kps, d.score) for d in self.detector.detect(gray)]

@@ -56,22 +56,25 @@ def import_insightface():
     return insightface
 
 
-def check_model_pack(model_pack: str, need_106: bool, key: str = "crop.model_pack") -> Path:
+CROPPER_ALTERNATIVE = 'or use landmarks = "dlib" with the insightface_align cropper, which needs no model pack.'
+
+
+def check_model_pack(model_pack: str, need_106: bool, key: str = "crop.model_pack",
+                     alternative: str = CROPPER_ALTERNATIVE) -> Path:
     """The model pack folder as an absolute path, or :class:`ModelPackError` naming the folder and the files it
     should hold. Nothing is loaded, downloaded or created."""
     if not model_pack:
         raise RecipeError(
-            f"{key} is not set: insightface's detector{' and 106-point landmarks' if need_106 else ''} need a local"
+            f"{key} is not set: insightface's detector{' and 106-point landmarks need' if need_106 else ' needs'} a local"
             f" model-pack folder (for instance buffalo_l, holding {expected_files(need_106)}). fermetric never"
-            " downloads models."
+            f" downloads models; {alternative}"
         )
     given = Path(model_pack).expanduser()
     pack = given if given.is_absolute() else Path.cwd() / given
     files = f"It should be a folder holding insightface's .onnx models: {expected_files(need_106)}."
     how = (
         " fermetric-insightface never downloads models: unpack an insightface model pack there yourself"
-        " (insightface's model packs are licensed for non-commercial research only), or use"
-        ' landmarks = "dlib" with the insightface_align cropper, which needs no model pack.'
+        f" (insightface's model packs are licensed for non-commercial research only), {alternative}"
     )
     if not pack.is_dir():
         what = "is a file, not a folder" if pack.exists() else "not found"
@@ -106,8 +109,8 @@ class InsightFaceDetector:
     """
 
     def __init__(self, model_pack: str, need_106: bool = False, det_size: int = 640, det_thresh: float = 0.5,
-                 key: str = "crop.model_pack"):
-        pack = check_model_pack(model_pack, need_106, key)  # before anything that could download
+                 key: str = "crop.model_pack", alternative: str = CROPPER_ALTERNATIVE):
+        pack = check_model_pack(model_pack, need_106, key, alternative)  # before anything that could download
         import_insightface()
         from insightface.app import FaceAnalysis
 
