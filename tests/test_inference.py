@@ -209,6 +209,20 @@ def test_predict_cli_rows_for_every_file_and_annotations(run_dir, photos, tmp_pa
     assert len(pngs) == len(ok) + 1 and all(p.endswith(".png") for p in pngs)
     assert (ann / "blank.png").read_bytes()[:4] == b"\x89PNG"
     assert f"{len(ok)} faces, 1 without a face, 1 unreadable, 1 skipped" in result.output
+    # Each row names the picture it is drawn on; unreadable files have none.
+    assert rows["blank.png"]["annotation"] == str(ann / "blank.png") and rows["truncated.png"]["annotation"] == ""
+    assert sorted(Path(r["annotation"]).name for r in ok) == sorted(set(pngs) - {"blank.png"})
+
+
+def test_annotations_of_two_pictures_with_one_name_are_told_apart(run_dir, faces, tmp_path):
+    for folder, face in (("happy", faces[0]), ("sad", faces[1])):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "subject01.png"), face.image)
+    out, ann = tmp_path / "p.json", tmp_path / "ann"
+    assert invoke("predict", run_dir, tmp_path / "happy", tmp_path / "sad", "--out", out, "--annotate", ann, "--detect", "none").exit_code == 0
+    results = json.loads(out.read_text())["results"]
+    by_source = {Path(r["source"]).parent.name: Path(r["annotation"]).name for r in results}
+    assert by_source == {"happy": "subject01.png", "sad": "subject01_2.png"}
 
 
 def test_predict_exit_codes(run_dir, tmp_path):

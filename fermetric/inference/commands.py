@@ -166,7 +166,12 @@ def predict(model, inputs, out, annotate_dir, batch_size, every, tta, largest_on
             rows.extend(item_rows)
             if annotate and item.image is not None:
                 quads = [f.quad for f in faces] + [None] * (len(item_rows) - len(faces))
-                write_png(unique_name(annotate, picture_stem(item.source, item.frame), taken), draw(item.image, item_rows, quads))
+                # Two inputs with one name (happy/subject01.png, sad/subject01.png) get subject01.png and subject01_2.png:
+                # each row names its file.
+                path = unique_name(annotate, picture_stem(item.source, item.frame), taken)
+                write_png(path, draw(item.image, item_rows, quads))
+                for row in item_rows:
+                    row.annotation = str(path)
     _write_results(rows, m, out)
     _report(rows, "predicted")
     if annotate:

@@ -45,6 +45,7 @@ class FaceResult:
     confidence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     embedding: np.ndarray | None = field(default=None, repr=False)
+    annotation: str = ""  # the annotated picture this row is drawn on (predict --annotate)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
@@ -62,6 +63,7 @@ class FaceResult:
         row["confidence"] = "" if self.confidence is None else round(self.confidence, 6)
         for c in classes:
             row[f"p_{c}"] = round(self.probabilities[c], 6) if c in self.probabilities else ""
+        row["annotation"] = self.annotation
         return row
 
     def to_json(self) -> dict[str, Any]:
