@@ -1,20 +1,24 @@
 #!/usr/bin/env python
 """Write the issue #13 section of docs/results.md: the multi-seed evidence, the transfer chain and the goals, from
-the folders of scripts/reproduce_multiseed.sh and scripts/reproduce_transfer.sh.
+the numbers kept in docs/results_13.json, first updated from the folders of scripts/reproduce_multiseed.sh and
+scripts/reproduce_transfer.sh.
 
-    .venv/bin/python scripts/make_results_13.py --write docs/results.md   # replace the generated section
+    .venv/bin/python scripts/make_results_13.py --write docs/results.md   # update the numbers, rewrite the section
     .venv/bin/python scripts/make_results_13.py                           # print it
+    .venv/bin/python scripts/make_results_13.py --transfer /elsewhere/transfer --write docs/results.md
 
 The section sits between two marker comments at the end of docs/results.md; everything outside them is left as it
-is (the earlier tables' runs are gone, so that part of the file is no longer generated). Reads every finished fold
-(``fold_XX/metrics.json``) of every seed, finished runs or not, so a report written while the runs go on is partial
-and says so; rerunning the scripts resumes them and rerunning this rewrites the section. Statistics and their text
-are fermetric.ablation.stats' (the same as every results table). Numbers only, no images.
+is. Run folders live in ignored runs/ and do not outlive a machine, so every finished fold (``fold_XX/metrics.json``:
+correct / total, macro-F1, training seconds) and every FER2013 run's figures go into the archive, which is committed;
+folds already there stay when their folders are gone, and a FER2013 run that starts again from nothing never
+replaces a finished one's figures. A report written while runs go on is partial and says so. Statistics and their
+text are fermetric.ablation.stats' (the same as every results table). Numbers only, no images.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -28,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from fermetric.ablation.stats import mean_std, paired_wilcoxon  # noqa: E402
 from fermetric.runfolder import AblationFolder, RunFolder, read_json  # noqa: E402
 
+ARCHIVE = ROOT / "docs" / "results_13.json"
 BEGIN, END = "<!-- make_results_13: begin -->", "<!-- make_results_13: end -->"
 FOLDS, SEEDS = 10, 3
 GOALS = {"CK+48": 0.985, "FER2013": 0.735}
@@ -45,31 +50,64 @@ class Cell:
     accuracy: dict[tuple[int, int], float] = field(default_factory=dict)
     macro_f1: dict[tuple[int, int], float] = field(default_factory=dict)
     train_seconds: float = 0.0
-    command: str = ""
     devices: set = field(default_factory=set)  # what the runs' run.json record
+    recorded: dict = field(default_factory=dict)  # summaries kept from runs whose per-fold detail is gone
+
+    def macro_f1_text(self) -> str:
+        if self.macro_f1 and len(self.macro_f1) == len(self.accuracy):
+            return pct(self.macro_f1)
+        return self.recorded.get("macro_f1", pct(self.macro_f1))
+
+    def time_text(self) -> str:
+        if not self.accuracy:
+            return "—"
+        return self.recorded.get("training_time") or hours(self.train_seconds)
 
 
-def read_cell(folder: AblationFolder, values: dict, label: str) -> Cell:
-    """The cell of ``folder`` whose grid values are ``values`` (empty when the ablation has not reached it)."""
-    cell = Cell(label)
+# -- the archive: every finished fold's numbers, committed, so a report outlives the run folders ----------------
+
+def fold_record(run: RunFolder, fold: int) -> dict | None:
+    """The numbers of one finished fold of ``run`` (None while it is unfinished)."""
+    metrics = run.fold(fold).metrics()
+    if not metrics or "accuracy" not in metrics:
+        return None
+    matrix = (metrics.get("confusion_matrix") or {}).get("matrix") or []
+    total = sum(map(sum, matrix))
+    return {"correct": sum(matrix[i][i] for i in range(len(matrix))), "total": total,
+            "accuracy": float(metrics["accuracy"]), "macro_f1": float(metrics.get("macro_f1", float("nan"))),
+            "train_seconds": sum(float(r.get("seconds") or 0) for r in run.fold(fold).history()),
+            "device": str((run.run_info() or {}).get("device", "?"))}
+
+
+def collect_cell(folder: AblationFolder, values: dict) -> dict[str, dict]:
+    """The finished folds ("seed/fold" -> numbers) of the cell of ``folder`` whose grid values are ``values``."""
     info = folder.info() or {}
     for entry in info.get("cells", []):
         recorded = (read_json(folder.cell(entry["id"]).cell_file) or {}).get("values", {})
         if not all(_same(k, recorded.get(k), v) for k, v in values.items()):
             continue
+        out = {}
         for seed in range(int(info.get("seeds", 1))):
             run = folder.cell(entry["id"]).seed(seed)
-            info_run = run.run_info() or {}
-            cell.command = cell.command or info_run.get("command", "")
-            if info_run:
-                cell.devices.add(str(info_run.get("device", "?")))
             for fold in range(FOLDS):
-                metrics = run.fold(fold).metrics()
-                if metrics and "accuracy" in metrics:
-                    cell.accuracy[(seed, fold)] = float(metrics["accuracy"])
-                    cell.macro_f1[(seed, fold)] = float(metrics.get("macro_f1", float("nan")))
-                    cell.train_seconds += sum(float(r.get("seconds") or 0) for r in run.fold(fold).history())
-        break
+                record = fold_record(run, fold)
+                if record:
+                    out[f"{seed}/{fold}"] = record
+        return out
+    return {}
+
+
+def cell_from(archive: dict, table: str, label: str) -> Cell:
+    entry = archive.get("cells", {}).get(f"{table}: {label}", {})
+    cell = Cell(label, recorded=entry.get("recorded", {}))
+    for key, record in entry.get("folds", {}).items():
+        seed, fold = map(int, key.split("/"))
+        # Exact fractions (correct / total): paired tests see the same ties the runs had.
+        cell.accuracy[(seed, fold)] = record["correct"] / record["total"]
+        if record.get("macro_f1") is not None:
+            cell.macro_f1[(seed, fold)] = float(record["macro_f1"])
+        cell.train_seconds += float(record.get("train_seconds") or 0)
+        cell.devices.add(record.get("device", "?"))
     return cell
 
 
@@ -97,8 +135,8 @@ def summary_table(cells: list[Cell], runs: int) -> list[str]:
         seeds = sorted({s for s, _ in c.accuracy})
         per_seed = ", ".join(f"seed {s}: {100 * mean_std([v for (t, _), v in c.accuracy.items() if t == s])[0]:.2f}"
                              for s in seeds)
-        rows.append(f"| {c.label} | {pct(c.accuracy)} | {pct(c.macro_f1)} | {len(c.accuracy)}/{runs} |"
-                    f" {per_seed or '—'} | {hours(c.train_seconds) if c.accuracy else '—'} |")
+        rows.append(f"| {c.label} | {pct(c.accuracy)} | {c.macro_f1_text()} | {len(c.accuracy)}/{runs} |"
+                    f" {per_seed or '—'} | {c.time_text()} |")
     return rows
 
 
@@ -134,77 +172,110 @@ def only_seeds(values: dict, seeds: set[int]) -> dict:
     return {k: v for k, v in values.items() if k[0] in seeds}
 
 
-@dataclass
-class FerRun:
-    label: str
-    folder: RunFolder
-
-    def row(self) -> str:
-        info, metrics, history = self.folder.run_info() or {}, self.folder.metrics() or {}, self.folder.history()
-        if not history:
-            return f"| {self.label} | not run yet | — | — | — | — |"
-        best = max(history, key=lambda r: float(r.get("val_accuracy") or 0))
-        train_s = sum(float(r["seconds"]) for r in history)
-        selected = f"{best['epoch']} of {len(history)} ({100 * float(best['val_accuracy']):.2f}%)"
-        if info.get("status") == "finished" and metrics:
-            return (f"| {self.label} | {len(history)} | {selected} | **{100 * metrics['accuracy']:.2f}** |"
-                    f" {100 * metrics['macro_f1']:.2f} | {hours(train_s)} on {info.get('device', '?')} |")
-        return (f"| {self.label} | {len(history)} so far ({info.get('status', '?')}) | {selected} | not yet evaluated |"
-                f" — | {hours(train_s)} so far |")
-
-    def finished_accuracy(self) -> float | None:
-        info, metrics = self.folder.run_info() or {}, self.folder.metrics() or {}
-        return float(metrics["accuracy"]) if info.get("status") == "finished" and "accuracy" in metrics else None
+def fer_record(folder: RunFolder) -> dict | None:
+    """A FER2013 run's numbers: epochs, the selected epoch, PublicTest accuracy once finished (None: not started)."""
+    info, metrics, history = folder.run_info() or {}, folder.metrics() or {}, folder.history()
+    if not history:
+        return None
+    best = max(history, key=lambda r: float(r.get("val_accuracy") or 0))
+    finished = info.get("status") == "finished" and "accuracy" in metrics
+    return {"epochs": len(history), "status": info.get("status", "?"), "selected_epoch": int(best["epoch"]),
+            "val_accuracy": float(best["val_accuracy"]), "accuracy": float(metrics["accuracy"]) if finished else None,
+            "macro_f1": float(metrics["macro_f1"]) if finished else None,
+            "train_seconds": sum(float(r["seconds"]) for r in history), "device": str(info.get("device", "?"))}
 
 
-def section(multiseed: Path, transfer: Path) -> list[str]:
+def fer_row(label: str, record: dict | None) -> str:
+    if not record:
+        return f"| {label} | not run yet | — | — | — | — |"
+    time = record.get("training_time") or hours(record["train_seconds"])
+    selected = f"{record['selected_epoch']} of {record['epochs']} ({100 * record['val_accuracy']:.2f}%)"
+    if record["accuracy"] is not None:
+        return (f"| {label} | {record['epochs']} | {selected} | **{100 * record['accuracy']:.2f}** |"
+                f" {100 * record['macro_f1']:.2f} | {time} on {record['device']} |")
+    return (f"| {label} | {record['epochs']} so far ({record['status']}) | {selected} | not yet evaluated | — |"
+            f" {time} so far |")
+
+
+# What the report shows, in order: (archive table, grid values, label) for the CK+48 cells, (key, folder, label)
+# for the FER2013 runs. The archive keys are these tables and labels.
+MULTISEED = [("multiseed/emlf_vs_ce", {"loss.1.weight": 0}, "partial image, CE alone"),
+             ("multiseed/emlf_vs_ce", {"loss.1.weight": 0.05}, "partial image, CE + EMLF (0.05, pos_margin 0.5)"),
+             ("multiseed/full_face_ce", {"loss.1.weight": 0}, "full face, CE alone")]
+FER = [("au_partial", "fer2013_au_partial", "partial image (`au_partial`)"),
+       ("full_face", "fer2013_full_face", "full face (`full_face`)"),
+       ("au_partial, 30 epochs", "fer2013_au_partial_30ep", "partial image, longer schedule (`--set train.epochs=30`)")]
+CROPS = (("au_partial", "partial image"), ("full_face", "full face"))
+
+
+def transfer_cells(crop: str, transfer: Path) -> list[tuple[str, dict, str]]:
+    source = str(transfer / f"fer2013_{crop}")
+    return [(f"transfer/ck48_{crop}", {"model.init_from": init, "loss.1.weight": w},
+             f"{'from FER2013' if init else 'ImageNet only'}, {'CE + EMLF (0.5)' if w else 'CE alone'}")
+            for w in (0, 0.5) for init in (source, "")]
+
+
+def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
+    """Fold every finished fold and FER2013 run found on disk into ``archive``; returns what changed."""
+    changed = []
+    roots = {"multiseed": multiseed, "transfer": transfer}
+    for table, values, label in MULTISEED + [c for crop, _ in CROPS for c in transfer_cells(crop, transfer)]:
+        kind, name = table.split("/")
+        found = collect_cell(AblationFolder(roots[kind] / name), values)
+        entry = archive.setdefault("cells", {}).setdefault(f"{table}: {label}", {"folds": {}})
+        for key, record in found.items():
+            if entry["folds"].get(key) != record:
+                entry["folds"][key] = record
+                changed.append(f"{table}: {label}, seed/fold {key}")
+    for key, folder, _ in FER:
+        record = fer_record(RunFolder(transfer / folder))
+        old = archive.setdefault("fer2013", {}).get(key)
+        # A run folder that starts again from nothing must not replace a finished run's numbers.
+        if record and record != old and not (old and old.get("accuracy") is not None and record["accuracy"] is None):
+            archive["fer2013"][key] = record
+            changed.append(f"FER2013 {key}")
+    return changed
+
+
+def section(archive: dict, transfer: Path) -> list[str]:
     L: list[str] = []
     add = L.append
     add("## Issue #13: transfer from FER2013, multi-seed evidence, and the goals")
     add("")
-    add("<!-- Generated by scripts/make_results_13.py from the folders of scripts/reproduce_multiseed.sh and"
-        " scripts/reproduce_transfer.sh; do not edit by hand. -->")
+    add("<!-- Generated by scripts/make_results_13.py from docs/results_13.json (the numbers of every finished fold,"
+        " updated from the folders of scripts/reproduce_multiseed.sh and scripts/reproduce_transfer.sh);"
+        " do not edit by hand. -->")
     add("")
     # -- the runs -------------------------------------------------------------------------------------------
-    ms_emlf, ms_ff = AblationFolder(multiseed / "emlf_vs_ce"), AblationFolder(multiseed / "full_face_ce")
-    ce = read_cell(ms_emlf, {"loss.1.weight": 0}, "partial image, CE alone")
-    emlf = read_cell(ms_emlf, {"loss.1.weight": 0.05}, "partial image, CE + EMLF (0.05, pos_margin 0.5)")
-    ff = read_cell(ms_ff, {"loss.1.weight": 0}, "full face, CE alone")
-    fer = {"au_partial": FerRun("partial image (`au_partial`)", RunFolder(transfer / "fer2013_au_partial")),
-           "full_face": FerRun("full face (`full_face`)", RunFolder(transfer / "fer2013_full_face")),
-           "au_partial, 30 epochs": FerRun("partial image, longer schedule (`--set train.epochs=30`)",
-                                           RunFolder(transfer / "fer2013_au_partial_30ep"))}
-    chains = {}
-    for crop, text in (("au_partial", "partial image"), ("full_face", "full face")):
-        folder, source = AblationFolder(transfer / f"ck48_{crop}"), str(transfer / f"fer2013_{crop}")
-        chains[crop] = {(init, w): read_cell(folder, {"model.init_from": init, "loss.1.weight": w},
-                                             f"{'from FER2013' if init else 'ImageNet only'},"
-                                             f" {'CE + EMLF (0.5)' if w else 'CE alone'}")
-                        for w in (0, 0.5) for init in (source, "")}
+    ce, emlf, ff = (cell_from(archive, table, label) for table, _, label in MULTISEED)
+    fer = {key: (label, archive.get("fer2013", {}).get(key)) for key, _, label in FER}
+    chains = {crop: {(bool(values["model.init_from"]), values["loss.1.weight"]): cell_from(archive, table, label)
+                     for table, values, label in transfer_cells(crop, transfer)} for crop, _ in CROPS}
 
     devices = sorted({d for c in [ce, emlf, ff, *(c for cells in chains.values() for c in cells.values())] for d in c.devices}
-                     | {str((r.folder.run_info() or {}).get("device")) for r in fer.values() if r.folder.run_info()})
+                     | {r["device"] for _, r in fer.values() if r})
     add(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()},"
         f" {os.cpu_count()} CPU cores, no GPU. The runs' run.json record device {', '.join(devices) or '—'}: they"
         " trained on this machine's CPU, niced, sharing it with each other and with the test suite. Accuracies are test accuracies of CK+48 10-fold cross-validation"
         " grouped by subject (no person in two folds) unless they say FER2013. Seed s draws its folds from"
         " train.seed + s, so the same seed gives the same folds in every cell and folder, and tests pair results by"
         " (seed, fold). A run still going is reported with the folds it has finished. Training time is the sum of the"
-        " epochs' seconds (evaluation and pauses excluded).")
+        " epochs' seconds (evaluation and pauses excluded). The run folders do not outlive a machine: each finished"
+        " fold's numbers are kept in docs/results_13.json, which this section is written from (" 
+        + archive.get("about_recorded", "") + ").")
     add("")
 
     # -- goals first: what a reader wants to know ----------------------------------------------------------
     best_ck = EARLIER["CK+48"]
     for crop, cells in chains.items():
-        for (init, w), c in cells.items():
+        for c in cells.values():
             mean, _, n = mean_std(list(c.accuracy.values()))
             if n == FOLDS and mean > best_ck[0]:
                 best_ck = (mean, f"{c.label}, {crop}, 96x96 (the transfer tables below, one seed)")
     best_fer = EARLIER["FER2013"]
-    for crop, run in fer.items():
-        acc = run.finished_accuracy()
-        if acc is not None and acc > best_fer[0]:
-            best_fer = (acc, f"the FER2013 {crop} run below (MobileNetV2, 96x96, ImageNet start)")
+    for key, (_, record) in fer.items():
+        if record and record["accuracy"] is not None and record["accuracy"] > best_fer[0]:
+            best_fer = (record["accuracy"], f"the FER2013 {key} run below (MobileNetV2, 96x96, ImageNet start)")
     add("### Against the goals")
     add("")
     add("| goal | target | best honest figure | gap | where |")
@@ -232,7 +303,10 @@ def section(multiseed: Path, transfer: Path) -> list[str]:
                 "EMLF against CE alone, seeds 1-2 (not used to pick the setting)"))
     for s in range(SEEDS):
         add(compare(only_seeds(emlf.accuracy, {s}), only_seeds(ce.accuracy, {s}), f"EMLF against CE alone, seed {s}"))
-    add(compare(emlf.macro_f1, ce.macro_f1, "the same in macro-F1, all seeds").replace(" points", " points of macro-F1"))
+    if emlf.macro_f1 and len(emlf.macro_f1) == len(emlf.accuracy):
+        add(compare(emlf.macro_f1, ce.macro_f1, "the same in macro-F1, all seeds").replace(" points", " points of macro-F1"))
+    elif "macro_f1_vs_ce" in emlf.recorded:
+        add(emlf.recorded["macro_f1_vs_ce"])
     add(compare(ce.accuracy, ff.accuracy, "partial image against full face, CE alone, all seeds"))
     add("")
     add("Test accuracy (%) per (seed, fold):")
@@ -255,8 +329,8 @@ def section(multiseed: Path, transfer: Path) -> list[str]:
     add("| crop | epochs | selected epoch (held-out Training accuracy) | PublicTest accuracy (%) | macro-F1 (%) |"
         " training time |")
     add("|---|---|---|---|---|---|")
-    for run in fer.values():
-        add(run.row())
+    for label, record in fer.values():
+        add(fer_row(label, record))
     add("")
 
     # -- transfer --------------------------------------------------------------------------------------------
@@ -269,18 +343,17 @@ def section(multiseed: Path, transfer: Path) -> list[str]:
         " recipe's embedding is 256 wide and CK+48's 128, and the classifier is always new, since FER2013 has"
         " neutral and no contempt and CK+48 the reverse.")
     add("")
-    for crop, text in (("au_partial", "partial image"), ("full_face", "full face")):
+    for crop, text in CROPS:
         cells = chains[crop]
-        src, none = str(transfer / f"fer2013_{crop}"), ""
         add(f"#### CK+48, {text}, 96x96")
         add("")
         L += summary_table(list(cells.values()), FOLDS)
         add("")
-        add(compare(cells[(src, 0)].accuracy, cells[(none, 0)].accuracy, "from FER2013 against ImageNet only, CE alone"))
-        add(compare(cells[(src, 0.5)].accuracy, cells[(none, 0.5)].accuracy,
+        add(compare(cells[(True, 0)].accuracy, cells[(False, 0)].accuracy, "from FER2013 against ImageNet only, CE alone"))
+        add(compare(cells[(True, 0.5)].accuracy, cells[(False, 0.5)].accuracy,
                     "from FER2013 against ImageNet only, CE + EMLF"))
-        add(compare(cells[(src, 0.5)].accuracy, cells[(src, 0)].accuracy, "EMLF against CE, from FER2013"))
-        add(compare(cells[(none, 0.5)].accuracy, cells[(none, 0)].accuracy, "EMLF against CE, ImageNet only"))
+        add(compare(cells[(True, 0.5)].accuracy, cells[(True, 0)].accuracy, "EMLF against CE, from FER2013"))
+        add(compare(cells[(False, 0.5)].accuracy, cells[(False, 0)].accuracy, "EMLF against CE, ImageNet only"))
         add("")
         folds = fold_table(list(cells.values()))
         if folds:
@@ -306,10 +379,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--multiseed", type=Path, default=ROOT / "runs" / "multiseed")
     parser.add_argument("--transfer", type=Path, default=ROOT / "runs" / "transfer")
-    parser.add_argument("--write", type=Path, help="replace the generated section of this file (docs/results.md)")
+    parser.add_argument("--archive", type=Path, default=ARCHIVE, help="the numbers kept (default docs/results_13.json)")
+    parser.add_argument("--write", type=Path, help="save the archive and replace the generated section of this file"
+                        " (docs/results.md)")
     args = parser.parse_args()
-    lines = section(args.multiseed, args.transfer)
+    archive = json.loads(args.archive.read_text(encoding="utf-8")) if args.archive.exists() else {}
+    changed = update_archive(archive, args.multiseed, args.transfer)
+    print(f"{len(changed)} new or changed results from the run folders" + (": " + "; ".join(changed[:5]) +
+          (" ..." if len(changed) > 5 else "") if changed else ""), file=sys.stderr)
+    lines = section(archive, args.transfer)
     if args.write:
+        args.archive.write_text(json.dumps(archive, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         write_section(args.write, lines)
     else:
         print("\n".join(lines))
