@@ -14,12 +14,14 @@ CK=recipes/pidml/ck48_transfer_96.toml
 
 # One crop's chain (a stop leaves the chains before it complete): its FER2013 source (input size and crop must
 # match the CK+48 step), then CK+48 from it against ImageNet only ("" = no init_from), CE alone (weight 0)
-# against CE + EMLF. The loss weight is the outer axis, so the CE pair (FER2013 vs ImageNet) finishes first.
+# against CE + EMLF. init_from is the outer axis: the cells that need the source run right after it, while its
+# folder is surely there (run folders do not outlive a machine, and a retrained source is another network); the
+# ImageNet-only cells need nothing and are deterministic (they repeat Tables 6 and 7 fold for fold).
 chain() {
   local crop=$1; shift
   .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_$crop" "$@" --resume "${extra[@]}"
   .venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_$crop" "$@" \
-    --grid loss.1.weight=0,0.5 --grid "model.init_from=\"$OUT/fer2013_$crop\",\"\"" \
+    --grid "model.init_from=\"$OUT/fer2013_$crop\",\"\"" --grid loss.1.weight=0,0.5 \
     --baseline "loss.1.weight=0,model.init_from=\"\"" "${extra[@]}"
 }
 extra=("$@")
