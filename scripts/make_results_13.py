@@ -18,6 +18,7 @@ text are fermetric.ablation.stats' (the same as every results table). Numbers on
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fermetric.ablation.stats import mean_std, paired_wilcoxon  # noqa: E402
+from fermetric.errors import FermetricError  # noqa: E402
 from fermetric.runfolder import AblationFolder, RunFolder, read_json  # noqa: E402
+from fermetric.training.transfer import source_checkpoint  # noqa: E402
 
 ARCHIVE = ROOT / "docs" / "results_13.json"
 BEGIN, END = "<!-- make_results_13: begin -->", "<!-- make_results_13: end -->"
@@ -52,6 +55,7 @@ class Cell:
     train_seconds: float = 0.0
     devices: set = field(default_factory=set)  # what the runs' run.json record
     recorded: dict = field(default_factory=dict)  # summaries kept from runs whose per-fold detail is gone
+    sources: set = field(default_factory=set)  # sha256 of the init_from checkpoints its folds started from
 
     def macro_f1_text(self) -> str:
         if self.macro_f1 and len(self.macro_f1) == len(self.accuracy):
@@ -76,7 +80,9 @@ def fold_record(run: RunFolder, fold: int) -> dict | None:
     return {"correct": sum(matrix[i][i] for i in range(len(matrix))), "total": total,
             "accuracy": float(metrics["accuracy"]), "macro_f1": float(metrics.get("macro_f1", float("nan"))),
             "train_seconds": sum(float(r.get("seconds") or 0) for r in run.fold(fold).history()),
-            "device": str((run.run_info() or {}).get("device", "?"))}
+            "device": str((run.run_info() or {}).get("device", "?")),
+            # Which network a transfer cell started from: a FER2013 source trained again is another network.
+            "source_sha256": ((run.run_info() or {}).get("init_from") or {}).get("sha256")}
 
 
 def collect_cell(folder: AblationFolder, values: dict) -> dict[str, dict]:
@@ -108,6 +114,8 @@ def cell_from(archive: dict, table: str, label: str) -> Cell:
             cell.macro_f1[(seed, fold)] = float(record["macro_f1"])
         cell.train_seconds += float(record.get("train_seconds") or 0)
         cell.devices.add(record.get("device", "?"))
+        if record.get("source_sha256"):
+            cell.sources.add(record["source_sha256"])
     return cell
 
 
@@ -179,7 +187,12 @@ def fer_record(folder: RunFolder) -> dict | None:
         return None
     best = max(history, key=lambda r: float(r.get("val_accuracy") or 0))
     finished = info.get("status") == "finished" and "accuracy" in metrics
-    return {"epochs": len(history), "status": info.get("status", "?"), "selected_epoch": int(best["epoch"]),
+    try:  # the checkpoint the CK+48 cells' init_from loads, to check they started from this run
+        sha = hashlib.sha256(source_checkpoint(folder.root).read_bytes()).hexdigest() if finished else None
+    except FermetricError:
+        sha = None
+    return {"sha256": sha,
+            "epochs": len(history), "status": info.get("status", "?"), "selected_epoch": int(best["epoch"]),
             "val_accuracy": float(best["val_accuracy"]), "accuracy": float(metrics["accuracy"]) if finished else None,
             "macro_f1": float(metrics["macro_f1"]) if finished else None,
             "train_seconds": sum(float(r["seconds"]) for r in history), "device": str(info.get("device", "?"))}
@@ -235,6 +248,18 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
             archive["fer2013"][key] = record
             changed.append(f"FER2013 {key}")
     return changed
+
+
+def source_check(sources: set, fer: dict | None) -> str:
+    """Whether the from-FER2013 cells' folds all started from the FER2013 run of the table above (by hash)."""
+    if not sources:
+        return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive)."
+    expected = (fer or {}).get("sha256")
+    if len(sources) == 1 and expected in sources:
+        return f"- source: every fold started from the FER2013 run above (best.pt sha256 {expected[:12]}...)."
+    return (f"- source: **the folds started from {len(sources)} different FER2013 checkpoints**"
+            f" ({', '.join(sorted(h[:12] for h in sources))}; the FER2013 run above: {(expected or 'none')[:12]}):"
+            " the source was trained again between sessions, so these cells mix networks.")
 
 
 def section(archive: dict, transfer: Path) -> list[str]:
@@ -354,6 +379,8 @@ def section(archive: dict, transfer: Path) -> list[str]:
                     "from FER2013 against ImageNet only, CE + EMLF"))
         add(compare(cells[(True, 0.5)].accuracy, cells[(True, 0)].accuracy, "EMLF against CE, from FER2013"))
         add(compare(cells[(False, 0.5)].accuracy, cells[(False, 0)].accuracy, "EMLF against CE, ImageNet only"))
+        if cells[(True, 0)].accuracy or cells[(True, 0.5)].accuracy:
+            add(source_check(cells[(True, 0)].sources | cells[(True, 0.5)].sources, fer[crop][1]))
         add("")
         folds = fold_table(list(cells.values()))
         if folds:

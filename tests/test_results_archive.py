@@ -3,6 +3,7 @@ the run folders (ignored, and gone with the machine): merged from folders, exact
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -37,7 +38,7 @@ def _fold(run: RunFolder, index: int, matrix: list[list[int]], seconds: float = 
     fold.append_history({"epoch": 1, "seconds": seconds, "val_accuracy": 0.5})
 
 
-def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]]) -> None:
+def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]], source_sha: str | None = None) -> None:
     folder = AblationFolder(root)
     root.mkdir(parents=True)
     write_json({"seeds": 1, "cells": [{"id": cid} for cid, _, _ in cells]}, folder.ablation_file)
@@ -47,7 +48,10 @@ def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]]) 
         write_json({"values": values}, cell.cell_file)
         run = cell.seed(0)
         run.root.mkdir()
-        write_json({"device": "cpu", "status": "finished"}, run.run_file)
+        info = {"device": "cpu", "status": "finished"}
+        if values.get("model.init_from"):
+            info["init_from"] = {"sha256": source_sha}
+        write_json(info, run.run_file)
         for index, matrix in enumerate(folds):
             _fold(run, index, matrix)
 
@@ -55,14 +59,19 @@ def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]]) 
 def test_folds_merge_into_the_archive_and_stay_when_the_folders_are_gone(report, tmp_path):
     transfer = tmp_path / "transfer"
     source = str(transfer / "fer2013_full_face")
+    _fer_run(transfer / "fer2013_full_face", 2, finished=True)
+    best = RunFolder(transfer / "fer2013_full_face").best_checkpoint
+    best.parent.mkdir()
+    best.write_bytes(b"the selected weights")
+    sha = hashlib.sha256(b"the selected weights").hexdigest()
     # 2 of 3 right in fold 0, 3 of 3 in fold 1: the from-FER2013 CE cell; the ImageNet-only one 1 of 3, 2 of 3.
     _ablation(transfer / "ck48_full_face", [
         ("c0", {"loss.1.weight": 0, "model.init_from": source}, [[[1, 1], [0, 1]], [[2, 0], [0, 1]]]),
         ("c1", {"loss.1.weight": 0, "model.init_from": ""}, [[[1, 0], [2, 0]], [[1, 1], [0, 1]]]),
-    ])
+    ], source_sha=sha)
     archive: dict = {}
     changed = report.update_archive(archive, tmp_path / "no_multiseed", transfer)
-    assert len(changed) == 4
+    assert len(changed) == 5 and archive["fer2013"]["full_face"]["sha256"] == sha
     entry = archive["cells"]["transfer/ck48_full_face: from FER2013, CE alone"]["folds"]
     assert entry["0/0"]["correct"] == 2 and entry["0/0"]["total"] == 3 and entry["0/1"]["correct"] == 3
     assert entry["0/0"]["train_seconds"] == 10.0 and entry["0/0"]["macro_f1"] == 0.5
@@ -78,6 +87,12 @@ def test_folds_merge_into_the_archive_and_stay_when_the_folders_are_gone(report,
     assert "from FER2013 against ImageNet only, CE alone: **+33.33 points** over 2 paired" in text
     cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
     assert cell.accuracy == {(0, 0): 2 / 3, (0, 1): 1.0}
+    assert f"- source: every fold started from the FER2013 run above (best.pt sha256 {sha[:12]}...)." in text
+
+    # The source trained again (a new machine) and one fold redone from it: the report says the cell mixes networks.
+    archive["cells"]["transfer/ck48_full_face: from FER2013, CE alone"]["folds"]["0/1"]["source_sha256"] = "f" * 64
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "**the folds started from 2 different FER2013 checkpoints**" in text
 
 
 def _fer_run(root: Path, epochs: int, finished: bool) -> None:
