@@ -422,6 +422,10 @@ class Runner:
             "seed": self.seed,
             "synthetic_data": prepared.synthetic,
             "recipe_digest": self.digest,
+            # The network this one started from, kept with the weights: run.json is rewritten on every resume,
+            # and a report built from a fold must know its lineage after the run folder has moved on.
+            "init_from": ({"sha256": self.init_source[2], "parts": self.init_source[3]}
+                          if self.init_source is not None else None),
         }
 
     def _evaluate(self, model, prepared: Prepared, fold: Fold, folder: RunFolder, best: dict[str, Any]) -> dict[str, Any]:

@@ -9,15 +9,17 @@ scripts/reproduce_transfer.sh.
 
 The section sits between two marker comments at the end of docs/results.md; everything outside them is left as it
 is. Run folders live in ignored runs/ and do not outlive a machine, so every finished fold (``fold_XX/metrics.json``:
-correct / total, macro-F1, training seconds) and every FER2013 run's figures go into the archive, which is committed;
-folds already there stay when their folders are gone, and a FER2013 run that starts again from nothing never
-replaces a finished one's figures. A report written while runs go on is partial and says so. Statistics and their
+correct / total, macro-F1, training seconds, the hash of the checkpoint it was initialised from) and every FER2013
+run's figures go into the archive, which is committed; folds already there stay when their folders are gone, and a
+FER2013 run that starts again from nothing replaces a finished one's figures only once it has finished itself (the
+report then says which cells started from which training). A report written while runs go on is partial and says so. Statistics and their
 text are fermetric.ablation.stats' (the same as every results table). Numbers only, no images.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import hashlib
 import json
 import os
@@ -29,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 from fermetric.ablation.stats import mean_std, paired_wilcoxon  # noqa: E402
 from fermetric.errors import FermetricError  # noqa: E402
@@ -56,16 +60,17 @@ class Cell:
     devices: set = field(default_factory=set)  # what the runs' run.json record
     recorded: dict = field(default_factory=dict)  # summaries kept from runs whose per-fold detail is gone
     sources: set = field(default_factory=set)  # sha256 of the init_from checkpoints its folds started from
+    unsourced: int = 0  # folds whose source hash was not kept
 
     def macro_f1_text(self) -> str:
         if self.macro_f1 and len(self.macro_f1) == len(self.accuracy):
             return pct(self.macro_f1)
-        return self.recorded.get("macro_f1", pct(self.macro_f1))
+        return self.recorded.get("macro_f1", "—")
 
     def time_text(self) -> str:
         if not self.accuracy:
             return "—"
-        return self.recorded.get("training_time") or hours(self.train_seconds)
+        return self.recorded.get("training_time") or hours(self.train_seconds)  # folds with no time kept count 0
 
 
 # -- the archive: every finished fold's numbers, committed, so a report outlives the run folders ----------------
@@ -77,12 +82,29 @@ def fold_record(run: RunFolder, fold: int) -> dict | None:
         return None
     matrix = (metrics.get("confusion_matrix") or {}).get("matrix") or []
     total = sum(map(sum, matrix))
+    if not total:  # no test image: nothing to count
+        return None
+    macro = metrics.get("macro_f1")
     return {"correct": sum(matrix[i][i] for i in range(len(matrix))), "total": total,
-            "accuracy": float(metrics["accuracy"]), "macro_f1": float(metrics.get("macro_f1", float("nan"))),
+            "accuracy": float(metrics["accuracy"]),
+            "macro_f1": float(macro) if macro is not None and math.isfinite(float(macro)) else None,
             "train_seconds": sum(float(r.get("seconds") or 0) for r in run.fold(fold).history()),
             "device": str((run.run_info() or {}).get("device", "?")),
-            # Which network a transfer cell started from: a FER2013 source trained again is another network.
-            "source_sha256": ((run.run_info() or {}).get("init_from") or {}).get("sha256")}
+            # Which network a transfer cell started from (a FER2013 source trained again is another network):
+            # the fold's own checkpoint says, whatever run.json says after a later resume.
+            "source_sha256": fold_source(run.fold(fold))}
+
+
+def fold_source(fold: RunFolder) -> str | None:
+    """sha256 of the checkpoint the fold's network was initialised from (model.init_from), from its checkpoint."""
+    for path in (fold.best_checkpoint, fold.last_checkpoint):
+        if path.is_file():
+            try:
+                meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+            except Exception:  # a damaged checkpoint: the lineage is unknown, the numbers still count
+                return None
+            return (meta.get("init_from") or {}).get("sha256")
+    return None
 
 
 def collect_cell(folder: AblationFolder, values: dict) -> dict[str, dict]:
@@ -116,6 +138,8 @@ def cell_from(archive: dict, table: str, label: str) -> Cell:
         cell.devices.add(record.get("device", "?"))
         if record.get("source_sha256"):
             cell.sources.add(record["source_sha256"])
+        else:
+            cell.unsourced += 1
     return cell
 
 
@@ -195,7 +219,8 @@ def fer_record(folder: RunFolder) -> dict | None:
             "epochs": len(history), "status": info.get("status", "?"), "selected_epoch": int(best["epoch"]),
             "val_accuracy": float(best["val_accuracy"]), "accuracy": float(metrics["accuracy"]) if finished else None,
             "macro_f1": float(metrics["macro_f1"]) if finished else None,
-            "train_seconds": sum(float(r["seconds"]) for r in history), "device": str(info.get("device", "?"))}
+            "train_seconds": sum(float(r.get("seconds") or 0) for r in history), "device": str(info.get("device", "?")),
+            "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
 
 
 def fer_row(label: str, record: dict | None) -> str:
@@ -206,8 +231,8 @@ def fer_row(label: str, record: dict | None) -> str:
     if record["accuracy"] is not None:
         return (f"| {label} | {record['epochs']} | {selected} | **{100 * record['accuracy']:.2f}** |"
                 f" {100 * record['macro_f1']:.2f} | {time} on {record['device']} |")
-    return (f"| {label} | {record['epochs']} so far ({record['status']}) | {selected} | not yet evaluated | — |"
-            f" {time} so far |")
+    return (f"| {label} | {record['epochs']} so far ({record['status']} when last seen, {record.get('seen', '?')}) |"
+            f" {selected} | not yet evaluated | — | {time} so far |")
 
 
 # What the report shows, in order: (archive table, grid values, label) for the CK+48 cells, (key, folder, label)
@@ -237,29 +262,51 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
         found = collect_cell(AblationFolder(roots[kind] / name), values)
         entry = archive.setdefault("cells", {}).setdefault(f"{table}: {label}", {"folds": {}})
         for key, record in found.items():
-            if entry["folds"].get(key) != record:
+            old = entry["folds"].get(key)
+            if old and (old["correct"], old["total"]) == (record["correct"], record["total"]):
+                # The same result seen again: what was known of it stays known (a hash, a macro-F1).
+                record = {k: v if v is not None else old.get(k) for k, v in record.items()}
+            if old != record:
                 entry["folds"][key] = record
+                # Summaries kept from folds whose detail is gone no longer describe the cell.
+                entry.pop("recorded", None)
                 changed.append(f"{table}: {label}, seed/fold {key}")
     for key, folder, _ in FER:
         record = fer_record(RunFolder(transfer / folder))
         old = archive.setdefault("fer2013", {}).get(key)
-        # A run folder that starts again from nothing must not replace a finished run's numbers.
-        if record and record != old and not (old and old.get("accuracy") is not None and record["accuracy"] is None):
+        if not record:
+            continue
+        if old and old.get("accuracy") is not None and record["accuracy"] is None:
+            continue  # a run started again from nothing replaces a finished one only once it has finished
+        if old and old.get("sha256") and not record["sha256"] and old.get("accuracy") == record["accuracy"]:
+            record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
+        if {k: v for k, v in record.items() if k != "seen"} != {k: v for k, v in (old or {}).items() if k != "seen"}:
             archive["fer2013"][key] = record
             changed.append(f"FER2013 {key}")
     return changed
 
 
-def source_check(sources: set, fer: dict | None) -> str:
-    """Whether the from-FER2013 cells' folds all started from the FER2013 run of the table above (by hash)."""
-    if not sources:
-        return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive)."
+def source_check(cells: list[Cell], fer: dict | None) -> tuple[str, bool]:
+    """(a line saying whether the from-FER2013 cells' folds all started from the FER2013 run of the table above, by
+    hash; whether they mix networks, which keeps them out of the goals table)."""
+    sources = set().union(*(c.sources for c in cells))
+    unsourced = sum(c.unsourced for c in cells)
     expected = (fer or {}).get("sha256")
-    if len(sources) == 1 and expected in sources:
-        return f"- source: every fold started from the FER2013 run above (best.pt sha256 {expected[:12]}...)."
-    return (f"- source: **the folds started from {len(sources)} different FER2013 checkpoints**"
-            f" ({', '.join(sorted(h[:12] for h in sources))}; the FER2013 run above: {(expected or 'none')[:12]}):"
-            " the source was trained again between sessions, so these cells mix networks.")
+    if not sources:
+        return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive).", False
+    if len(sources) > 1 or unsourced:
+        kinds = len(sources) + (1 if unsourced else 0)
+        return (f"- source: **the folds started from {kinds} different FER2013 trainings** (hashes"
+                f" {', '.join(sorted(h[:12] for h in sources))}" + (f", and {unsourced} folds whose hash was not kept"
+                                                                    if unsourced else "") +
+                "): the source was trained again between machines, so these cells mix networks and are left out of"
+                " the goals.", True)
+    (only,) = sources
+    if only == expected:
+        return f"- source: every fold started from the FER2013 run above (best.pt sha256 {only[:12]}...).", False
+    return (f"- source: every fold started from one FER2013 checkpoint ({only[:12]}...), but not from the FER2013 run"
+            f" in the table above ({(expected or 'no hash kept')[:12]}): that row is another training of the source.",
+            False)
 
 
 def section(archive: dict, transfer: Path) -> list[str]:
@@ -281,7 +328,8 @@ def section(archive: dict, transfer: Path) -> list[str]:
                      | {r["device"] for _, r in fer.values() if r})
     add(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()},"
         f" {os.cpu_count()} CPU cores, no GPU. The runs' run.json record device {', '.join(devices) or '—'}: they"
-        " trained on this machine's CPU, niced, sharing it with each other and with the test suite. Accuracies are test accuracies of CK+48 10-fold cross-validation"
+        " trained on 2-core CPU machines like this one (some since gone), niced, sharing the cores with each other and"
+        " with the test suite. Accuracies are test accuracies of CK+48 10-fold cross-validation"
         " grouped by subject (no person in two folds) unless they say FER2013. Seed s draws its folds from"
         " train.seed + s, so the same seed gives the same folds in every cell and folder, and tests pair results by"
         " (seed, fold). A run still going is reported with the folds it has finished. Training time is the sum of the"
@@ -291,9 +339,12 @@ def section(archive: dict, transfer: Path) -> list[str]:
     add("")
 
     # -- goals first: what a reader wants to know ----------------------------------------------------------
+    checks = {crop: source_check([cells[(True, 0)], cells[(True, 0.5)]], fer[crop][1]) for crop, cells in chains.items()}
     best_ck = EARLIER["CK+48"]
     for crop, cells in chains.items():
-        for c in cells.values():
+        for (from_fer, _), c in cells.items():
+            if from_fer and checks[crop][1]:
+                continue
             mean, _, n = mean_std(list(c.accuracy.values()))
             if n == FOLDS and mean > best_ck[0]:
                 best_ck = (mean, f"{c.label}, {crop}, 96x96 (the transfer tables below, one seed)")
@@ -380,7 +431,7 @@ def section(archive: dict, transfer: Path) -> list[str]:
         add(compare(cells[(True, 0.5)].accuracy, cells[(True, 0)].accuracy, "EMLF against CE, from FER2013"))
         add(compare(cells[(False, 0.5)].accuracy, cells[(False, 0)].accuracy, "EMLF against CE, ImageNet only"))
         if cells[(True, 0)].accuracy or cells[(True, 0.5)].accuracy:
-            add(source_check(cells[(True, 0)].sources | cells[(True, 0.5)].sources, fer[crop][1]))
+            add(checks[crop][0])
         add("")
         folds = fold_table(list(cells.values()))
         if folds:
@@ -416,7 +467,7 @@ def main() -> None:
           (" ..." if len(changed) > 5 else "") if changed else ""), file=sys.stderr)
     lines = section(archive, args.transfer)
     if args.write:
-        args.archive.write_text(json.dumps(archive, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        args.archive.write_text(json.dumps(archive, indent=1, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
         write_section(args.write, lines)
     else:
         print("\n".join(lines))

@@ -1,19 +1,23 @@
 """scripts/make_results_13.py keeps every finished fold's numbers in a committed archive, so the #13 report outlives
-the run folders (ignored, and gone with the machine): merged from folders, exact fractions, no downgrade."""
+the run folders (ignored, and gone with the machine): merged from folders, exact fractions, folds that outlive their
+folders, the lineage of every transfer fold, and a FER2013 run started again that does not wipe a finished one."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fermetric.runfolder import AblationFolder, RunFolder, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
+CE_FROM_FER = "transfer/ck48_full_face: from FER2013, CE alone"
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +32,18 @@ def report():
         sys.modules.pop(spec.name, None)
 
 
-def _fold(run: RunFolder, index: int, matrix: list[list[int]], seconds: float = 10.0) -> None:
+def _fold(run: RunFolder, index: int, matrix: list[list[int]], source_sha: str | None) -> None:
     fold = run.fold(index)
-    fold.root.mkdir(parents=True)
-    correct, total = sum(matrix[i][i] for i in range(len(matrix))), sum(map(sum, matrix))
-    write_json({"accuracy": correct / total, "macro_f1": 0.5, "confusion_matrix": {"classes": ["a", "b"],
-                                                                                   "matrix": matrix}},
+    fold.checkpoint_dir.mkdir(parents=True)
+    # metrics.json's accuracy is rounded here on purpose: the archive must count correct / total itself.
+    write_json({"accuracy": 0.123, "macro_f1": 0.5, "confusion_matrix": {"classes": ["a", "b"], "matrix": matrix}},
                fold.metrics_file)
-    fold.append_history({"epoch": 1, "seconds": seconds, "val_accuracy": 0.5})
+    fold.append_history({"epoch": 1, "seconds": 10.0, "val_accuracy": 0.5})
+    torch.save({"meta": {"init_from": {"sha256": source_sha, "parts": "backbone"} if source_sha else None}},
+               fold.best_checkpoint)
 
 
-def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]], source_sha: str | None = None) -> None:
+def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]], source_sha: str | None) -> None:
     folder = AblationFolder(root)
     root.mkdir(parents=True)
     write_json({"seeds": 1, "cells": [{"id": cid} for cid, _, _ in cells]}, folder.ablation_file)
@@ -48,54 +53,13 @@ def _ablation(root: Path, cells: list[tuple[str, dict, list[list[list[int]]]]], 
         write_json({"values": values}, cell.cell_file)
         run = cell.seed(0)
         run.root.mkdir()
-        info = {"device": "cpu", "status": "finished"}
-        if values.get("model.init_from"):
-            info["init_from"] = {"sha256": source_sha}
-        write_json(info, run.run_file)
+        # run.json as a resume leaves it while data is prepared: no init_from; the fold checkpoints know.
+        write_json({"device": "cpu", "status": "running"}, run.run_file)
         for index, matrix in enumerate(folds):
-            _fold(run, index, matrix)
+            _fold(run, index, matrix, source_sha if values.get("model.init_from") else None)
 
 
-def test_folds_merge_into_the_archive_and_stay_when_the_folders_are_gone(report, tmp_path):
-    transfer = tmp_path / "transfer"
-    source = str(transfer / "fer2013_full_face")
-    _fer_run(transfer / "fer2013_full_face", 2, finished=True)
-    best = RunFolder(transfer / "fer2013_full_face").best_checkpoint
-    best.parent.mkdir()
-    best.write_bytes(b"the selected weights")
-    sha = hashlib.sha256(b"the selected weights").hexdigest()
-    # 2 of 3 right in fold 0, 3 of 3 in fold 1: the from-FER2013 CE cell; the ImageNet-only one 1 of 3, 2 of 3.
-    _ablation(transfer / "ck48_full_face", [
-        ("c0", {"loss.1.weight": 0, "model.init_from": source}, [[[1, 1], [0, 1]], [[2, 0], [0, 1]]]),
-        ("c1", {"loss.1.weight": 0, "model.init_from": ""}, [[[1, 0], [2, 0]], [[1, 1], [0, 1]]]),
-    ], source_sha=sha)
-    archive: dict = {}
-    changed = report.update_archive(archive, tmp_path / "no_multiseed", transfer)
-    assert len(changed) == 5 and archive["fer2013"]["full_face"]["sha256"] == sha
-    entry = archive["cells"]["transfer/ck48_full_face: from FER2013, CE alone"]["folds"]
-    assert entry["0/0"]["correct"] == 2 and entry["0/0"]["total"] == 3 and entry["0/1"]["correct"] == 3
-    assert entry["0/0"]["train_seconds"] == 10.0 and entry["0/0"]["macro_f1"] == 0.5
-
-    # Written, read back, merged again from the same folders: nothing new.
-    archive = json.loads(json.dumps(archive))
-    assert report.update_archive(archive, tmp_path / "no_multiseed", transfer) == []
-    # The folders gone (a new machine): the report still has every fold, as exact fractions.
-    lines = report.section(archive, tmp_path / "elsewhere")
-    text = "\n".join(lines)
-    assert "| from FER2013, CE alone | 83.33 ± 23.57 | 50.00 ± 0.00 | 2/10 |" in text
-    assert "| ImageNet only, CE alone | 50.00 ± 23.57 |" in text
-    assert "from FER2013 against ImageNet only, CE alone: **+33.33 points** over 2 paired" in text
-    cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
-    assert cell.accuracy == {(0, 0): 2 / 3, (0, 1): 1.0}
-    assert f"- source: every fold started from the FER2013 run above (best.pt sha256 {sha[:12]}...)." in text
-
-    # The source trained again (a new machine) and one fold redone from it: the report says the cell mixes networks.
-    archive["cells"]["transfer/ck48_full_face: from FER2013, CE alone"]["folds"]["0/1"]["source_sha256"] = "f" * 64
-    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
-    assert "**the folds started from 2 different FER2013 checkpoints**" in text
-
-
-def _fer_run(root: Path, epochs: int, finished: bool) -> None:
+def _fer_run(root: Path, epochs: int, finished: bool, weights: bytes | None = None) -> None:
     run = RunFolder(root)
     root.mkdir(parents=True, exist_ok=True)
     for epoch in range(1, epochs + 1):
@@ -103,33 +67,130 @@ def _fer_run(root: Path, epochs: int, finished: bool) -> None:
     write_json({"status": "finished" if finished else "running", "device": "cpu"}, run.run_file)
     if finished:
         write_json({"accuracy": 0.6, "macro_f1": 0.55}, run.metrics_file)
+    if weights is not None:
+        run.checkpoint_dir.mkdir(exist_ok=True)
+        run.best_checkpoint.write_bytes(weights)
 
 
-def test_a_restarted_fer2013_run_never_replaces_a_finished_ones_figures(report, tmp_path):
-    transfer = tmp_path / "transfer"
-    _fer_run(transfer / "fer2013_full_face", 3, finished=True)
+@pytest.fixture
+def transfer(tmp_path):
+    """A finished full-face FER2013 source and two CK+48 cells of two folds each, the first started from it."""
+    root = tmp_path / "transfer"
+    _fer_run(root / "fer2013_full_face", 2, finished=True, weights=b"the selected weights")
+    sha = hashlib.sha256(b"the selected weights").hexdigest()
+    # 2 of 3 right in fold 0, 3 of 3 in fold 1: the from-FER2013 CE cell; the ImageNet-only one 1 of 3, 2 of 3.
+    _ablation(root / "ck48_full_face", [
+        ("c0", {"loss.1.weight": 0, "model.init_from": str(root / "fer2013_full_face")},
+         [[[1, 1], [0, 1]], [[2, 0], [0, 1]]]),
+        ("c1", {"loss.1.weight": 0, "model.init_from": ""}, [[[1, 0], [2, 0]], [[1, 1], [0, 1]]]),
+    ], source_sha=sha)
+    return root, sha
+
+
+def test_folds_merge_exactly_and_stay_when_their_folders_are_gone(report, transfer, tmp_path):
+    root, sha = transfer
     archive: dict = {}
-    report.update_archive(archive, tmp_path, transfer)
-    assert archive["fer2013"]["full_face"]["accuracy"] == 0.6
-    assert archive["fer2013"]["full_face"]["selected_epoch"] == 3
+    assert len(report.update_archive(archive, tmp_path / "no_multiseed", root)) == 5  # 4 folds, 1 FER2013 run
+    folds = archive["cells"][CE_FROM_FER]["folds"]
+    assert (folds["0/0"]["correct"], folds["0/0"]["total"], folds["0/1"]["correct"]) == (2, 3, 3)
+    assert folds["0/0"]["source_sha256"] == sha and folds["0/0"]["train_seconds"] == 10.0
+    assert archive["fer2013"]["full_face"]["sha256"] == sha
 
-    # A new machine runs it again from nothing: one epoch so far must not replace the finished figures.
-    for child in sorted((transfer / "fer2013_full_face").rglob("*"), reverse=True):
-        child.unlink()
-    _fer_run(transfer / "fer2013_full_face", 1, finished=False)
-    assert report.update_archive(archive, tmp_path, transfer) == []
+    # Through JSON and merged again from the same folders: nothing new.
+    archive = json.loads(json.dumps(archive, allow_nan=False))
+    assert report.update_archive(archive, tmp_path / "no_multiseed", root) == []
+    # A fold's folder gone (its machine gone): the fold stays in the archive, nothing changes.
+    shutil.rmtree(AblationFolder(root / "ck48_full_face").cell("c0").seed(0).fold(1).root)
+    assert report.update_archive(archive, tmp_path / "no_multiseed", root) == []
+    assert set(archive["cells"][CE_FROM_FER]["folds"]) == {"0/0", "0/1"}
+
+    # Everything gone: the report still has every fold, as exact fractions.
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "| from FER2013, CE alone | 83.33 ± 23.57 | 50.00 ± 0.00 | 2/10 |" in text
+    assert "| ImageNet only, CE alone | 50.00 ± 23.57 |" in text
+    assert "from FER2013 against ImageNet only, CE alone: **+33.33 points** over 2 paired" in text
+    assert report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone").accuracy == {
+        (0, 0): 2 / 3, (0, 1): 1.0}
+    assert f"- source: every fold started from the FER2013 run above (best.pt sha256 {sha[:12]}...)." in text
+
+
+def test_the_report_says_when_a_cells_folds_come_from_two_trainings_of_the_source(report, transfer, tmp_path):
+    root, sha = transfer
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    # A fold kept from before hashes were recorded, beside one with a hash: two trainings, left out of the goals.
+    archive["cells"][CE_FROM_FER]["folds"]["0/1"]["source_sha256"] = None
+    cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
+    line, mixed = report.source_check([cell], archive["fer2013"]["full_face"])
+    assert mixed and "**the folds started from 2 different FER2013 trainings**" in line and "1 folds whose hash" in line
+    # Two hashes: the same.
+    archive["cells"][CE_FROM_FER]["folds"]["0/1"]["source_sha256"] = "f" * 64
+    cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
+    assert report.source_check([cell], archive["fer2013"]["full_face"])[1]
+    # One hash, not the FER2013 row's: not a mix, but the row is another training.
+    for fold in archive["cells"][CE_FROM_FER]["folds"].values():
+        fold["source_sha256"] = "f" * 64
+    cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
+    line, mixed = report.source_check([cell], archive["fer2013"]["full_face"])
+    assert not mixed and "that row is another training of the source" in line
+
+
+def test_a_resume_that_has_not_yet_recorded_the_source_does_not_wipe_a_kept_hash(report, transfer, tmp_path):
+    root, sha = transfer
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    # The checkpoints removed (only metrics kept): the same result seen again keeps its known hash.
+    cell = AblationFolder(root / "ck48_full_face").cell("c0").seed(0)
+    for fold in cell.folds():
+        fold.best_checkpoint.unlink()
+    RunFolder(root / "fer2013_full_face").best_checkpoint.unlink()
+    assert report.update_archive(archive, tmp_path, root) == []
+    assert archive["cells"][CE_FROM_FER]["folds"]["0/0"]["source_sha256"] == sha
+    assert archive["fer2013"]["full_face"]["sha256"] == sha
+
+
+def test_fer2013_runs_progress_and_a_restart_waits_until_it_has_finished(report, tmp_path):
+    root = tmp_path / "transfer"
+    folder = root / "fer2013_full_face"
+    _fer_run(folder, 1, finished=False)
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    assert archive["fer2013"]["full_face"]["epochs"] == 1
     row = report.fer_row("full face", archive["fer2013"]["full_face"])
-    assert "| full face | 3 | 3 of 3 (53.00%) | **60.00** | 55.00 | 3 min on cpu |" == row
-    # A run still going is shown as such.
-    assert "1 so far (running)" in report.fer_row("full face", report.fer_record(RunFolder(transfer / "fer2013_full_face")))
+    assert "1 so far (running when last seen, " in row and "not yet evaluated" in row
+
+    shutil.rmtree(folder)
+    _fer_run(folder, 3, finished=True)  # it went on and finished: the finished figures replace the partial ones
+    assert report.update_archive(archive, tmp_path, root) == ["FER2013 full_face"]
+    assert report.fer_row("full face", archive["fer2013"]["full_face"]) == (
+        "| full face | 3 | 3 of 3 (53.00%) | **60.00** | 55.00 | 3 min on cpu |")
+
+    shutil.rmtree(folder)
+    _fer_run(folder, 1, finished=False)  # a new machine starts it again: the finished figures stay
+    assert report.update_archive(archive, tmp_path, root) == []
+    assert archive["fer2013"]["full_face"]["accuracy"] == 0.6
+
+
+def test_a_fold_with_no_test_image_or_no_macro_f1_is_handled(report, tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.fold(0).root.mkdir(parents=True)
+    write_json({"accuracy": None, "confusion_matrix": {"classes": ["a"], "matrix": [[0]]}}, run.fold(0).metrics_file)
+    assert report.fold_record(run, 0) is None
+    run.fold(1).root.mkdir()
+    write_json({"accuracy": 1.0, "macro_f1": None, "confusion_matrix": {"classes": ["a"], "matrix": [[2]]}},
+               run.fold(1).metrics_file)
+    record = report.fold_record(run, 1)
+    assert record["macro_f1"] is None and (record["correct"], record["total"]) == (2, 2)
+    json.dumps(record, allow_nan=False)
 
 
 def test_the_committed_archive_renders_the_committed_report(report):
-    """docs/results_13.json is the source of docs/results.md's #13 section: rendering it gives the same tables."""
+    """docs/results_13.json is the source of docs/results.md's #13 section: rendering it gives that section."""
     archive = json.loads(report.ARCHIVE.read_text(encoding="utf-8"))
-    rendered = report.section(archive, ROOT / "runs" / "transfer")
+    rendered = "\n".join(report.section(archive, ROOT / "runs" / "transfer")).strip("\n").split("\n")
     committed = (ROOT / archive["report"]).read_text(encoding="utf-8")  # the report the archive belongs to
-    for line in rendered:
-        if line.startswith("Generated "):  # carries the time it was written
-            continue
-        assert line in committed, line
+    section = committed.split(report.BEGIN, 1)[1].split(report.END, 1)[0].strip("\n").split("\n")
+    assert len(section) == len(rendered)
+    for ours, theirs in zip(rendered, section):
+        if not ours.startswith("Generated "):  # carries the time it was written
+            assert ours == theirs

@@ -41,6 +41,10 @@ def test_init_from_loads_backbone_and_embedding_and_records_the_source(source, t
     record = target.run_info()["init_from"]
     assert record["path"] == str(source.best_checkpoint.resolve()) and record["parts"] == "backbone+embedding"
     assert len(record["sha256"]) == 64 and record["classes"] == source.run_info()["data"]["classes"]
+    # The checkpoint itself names the weights it started from (run.json is rewritten on a resume).
+    meta = torch.load(target.last_checkpoint, weights_only=True)["meta"]
+    assert meta["init_from"] == {"sha256": record["sha256"], "parts": "backbone+embedding"}
+    assert torch.load(source.best_checkpoint, weights_only=True)["meta"]["init_from"] is None
 
 
 def test_backbone_only_and_a_frozen_backbone(source, tmp_path, tiny_overrides):
