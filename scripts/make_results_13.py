@@ -12,16 +12,17 @@ is. Run folders live in ignored runs/ and do not outlive a machine, so every fin
 correct / total, macro-F1, training seconds, the hash of the checkpoint it was initialised from) and every FER2013
 run's figures go into the archive, which is committed; folds already there stay when their folders are gone, and a
 FER2013 run that starts again from nothing replaces a finished one's figures only once it has finished itself (the
-report then says which cells started from which training). A report written while runs go on is partial and says so. Statistics and their
-text are fermetric.ablation.stats' (the same as every results table). Numbers only, no images.
+report then says which cells started from which training). A report written while runs go on is partial and says
+so. Statistics and their text are fermetric.ablation.stats' (the same as every results table). Numbers only, no
+images.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -61,6 +62,7 @@ class Cell:
     recorded: dict = field(default_factory=dict)  # summaries kept from runs whose per-fold detail is gone
     sources: set = field(default_factory=set)  # sha256 of the init_from checkpoints its folds started from
     unsourced: int = 0  # folds whose source hash was not kept
+    untimed: int = 0  # folds whose training time was not kept
 
     def macro_f1_text(self) -> str:
         if self.macro_f1 and len(self.macro_f1) == len(self.accuracy):
@@ -70,7 +72,10 @@ class Cell:
     def time_text(self) -> str:
         if not self.accuracy:
             return "—"
-        return self.recorded.get("training_time") or hours(self.train_seconds)  # folds with no time kept count 0
+        if "training_time" in self.recorded:
+            return self.recorded["training_time"]
+        n = len(self.accuracy)
+        return hours(self.train_seconds) + (f" ({n - self.untimed} of {n} folds)" if self.untimed else "")
 
 
 # -- the archive: every finished fold's numbers, committed, so a report outlives the run folders ----------------
@@ -135,6 +140,7 @@ def cell_from(archive: dict, table: str, label: str) -> Cell:
         if record.get("macro_f1") is not None:
             cell.macro_f1[(seed, fold)] = float(record["macro_f1"])
         cell.train_seconds += float(record.get("train_seconds") or 0)
+        cell.untimed += record.get("train_seconds") is None
         cell.devices.add(record.get("device", "?"))
         if record.get("source_sha256"):
             cell.sources.add(record["source_sha256"])

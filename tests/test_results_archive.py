@@ -123,6 +123,10 @@ def test_the_report_says_when_a_cells_folds_come_from_two_trainings_of_the_sourc
     cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
     line, mixed = report.source_check([cell], archive["fer2013"]["full_face"])
     assert mixed and "**the folds started from 2 different FER2013 trainings**" in line and "1 folds whose hash" in line
+    # That kept fold had no training time either: the time shown says how many folds it covers.
+    archive["cells"][CE_FROM_FER]["folds"]["0/1"]["train_seconds"] = None
+    assert report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone").time_text() == \
+        "0 min (1 of 2 folds)"
     # Two hashes: the same.
     archive["cells"][CE_FROM_FER]["folds"]["0/1"]["source_sha256"] = "f" * 64
     cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
