@@ -33,11 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
 from fermetric.ablation.stats import mean_std, paired_wilcoxon  # noqa: E402
 from fermetric.errors import FermetricError  # noqa: E402
-from fermetric.runfolder import AblationFolder, RunFolder, read_json  # noqa: E402
+from fermetric.runfolder import AblationFolder, RunFolder, load_checkpoint, read_json  # noqa: E402
 from fermetric.training.transfer import source_checkpoint  # noqa: E402
 
 ARCHIVE = ROOT / "docs" / "results_13.json"
@@ -105,8 +103,8 @@ def fold_source(fold: RunFolder) -> str | None:
     for path in (fold.best_checkpoint, fold.last_checkpoint):
         if path.is_file():
             try:
-                meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
-            except Exception:  # a damaged checkpoint: the lineage is unknown, the numbers still count
+                meta = load_checkpoint(path, needs=("meta",))["meta"]
+            except FermetricError:  # a damaged checkpoint: the lineage is unknown, the numbers still count
                 return None
             return (meta.get("init_from") or {}).get("sha256")
     return None
