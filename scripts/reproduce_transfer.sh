@@ -5,6 +5,7 @@
 # Long on a CPU (hours): every step is resumable, run the script again to continue where it stopped.
 #   OUT=runs/transfer bash scripts/reproduce_transfer.sh
 #   STEPS="full_face long" bash scripts/reproduce_transfer.sh    # only some steps (default: all three, in order)
+#   FROM=imagenet STEPS=full_face bash scripts/reproduce_transfer.sh  # only the ImageNet-only cells of a chain
 # Afterwards: .venv/bin/python scripts/make_results_13.py --transfer "$OUT" --write docs/results.md
 set -euo pipefail
 
@@ -13,13 +14,19 @@ set -euo pipefail
 # against CE + EMLF. init_from is the outer axis, so the cells that start from the source run right after it,
 # while its folder is surely there: run folders do not outlive a machine, and a source trained again is another
 # network (the report flags cells whose folds mix two). `ablate` checks every cell's source before the first
-# cell trains, so the ImageNet-only cells too need the source folder to be there.
+# cell trains, so the ImageNet-only cells too need the source folder to be there, unless FROM=imagenet, which
+# trains only them (no source; they do not depend on it) into the same folder, for a machine whose source is gone.
 chain() {
   local crop=$1; shift
-  .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_$crop" "$@" --resume ${extra[@]+"${extra[@]}"}
+  local inits=""
+  if [[ " $FROM " == *" fer2013 "* ]]; then
+    .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_$crop" "$@" --resume ${extra[@]+"${extra[@]}"}
+    inits="\"$OUT/fer2013_$crop\","
+  fi
+  [[ " $FROM " == *" imagenet "* ]] && inits+='""' || inits=${inits%,}
   .venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_$crop" "$@" \
-    --grid "model.init_from=\"$OUT/fer2013_$crop\",\"\"" --grid loss.1.weight=0,0.5 \
-    --baseline "loss.1.weight=0,model.init_from=\"\"" ${extra[@]+"${extra[@]}"}
+    --grid "model.init_from=$inits" --grid loss.1.weight=0,0.5 \
+    --baseline "loss.1.weight=0,model.init_from=${inits##*,}" ${extra[@]+"${extra[@]}"}
 }
 
 main() {
@@ -28,7 +35,15 @@ main() {
   STEPS=${STEPS-au_partial full_face long}
   FER=recipes/pidml/fer2013_mobilenet_pretrained.toml
   CK=recipes/pidml/ck48_transfer_96.toml
+  FROM=${FROM-fer2013 imagenet}  # which CK+48 cells: from the FER2013 source, from ImageNet only, or both
   extra=("$@")
+  for from in $FROM; do
+    case $from in
+      fer2013|imagenet) ;;
+      *) echo "reproduce_transfer.sh: unknown source '$from' in FROM (fer2013, imagenet)" >&2; exit 2 ;;
+    esac
+  done
+  [ -n "$FROM" ] || { echo "reproduce_transfer.sh: FROM is empty: no CK+48 cell to train" >&2; exit 2; }
   for step in $STEPS; do  # every step checked before hours of work start
     case $step in
       au_partial|full_face|long) ;;

@@ -1,0 +1,79 @@
+"""scripts/reproduce_transfer.sh, run against a stand-in ``fermetric`` that records its arguments: which runs and
+ablations the steps and sources start, and that a misspelt step or source stops the script before any work."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "reproduce_transfer.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the reproduce scripts are bash scripts")
+
+
+def run_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run a copy of the script in a tree whose ``.venv/bin/fermetric`` writes one line per call (NUL-separated
+    arguments), and return the process and the calls."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)
+    stub = tmp_path / ".venv" / "bin" / "fermetric"
+    stub.parent.mkdir(parents=True)
+    log = tmp_path / "calls"
+    stub.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" >> {log}\nprintf '\\n' >> {log}\n")
+    stub.chmod(0o755)
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name)], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": "out", **env}, timeout=60)
+    calls = [line.split("\0")[:-1] for line in log.read_text().splitlines()] if log.exists() else []
+    return proc, calls
+
+
+def option(call: list[str], name: str) -> list[str]:
+    return [call[i + 1] for i, arg in enumerate(call) if arg == name]
+
+
+def test_a_chain_trains_its_source_then_pairs_the_cells_from_it_with_imagenet_only(tmp_path):
+    proc, calls = run_script(tmp_path, STEPS="full_face")
+    assert proc.returncode == 0, proc.stderr
+    assert [c[0] for c in calls] == ["run", "ablate"]
+    assert option(calls[0], "--out") == ["out/fer2013_full_face"] and "--resume" in calls[0]
+    assert option(calls[1], "--set") == ["crop.name=full_face", "crop.size=96"]
+    assert option(calls[1], "--grid") == ['model.init_from="out/fer2013_full_face",""', "loss.1.weight=0,0.5"]
+    assert option(calls[1], "--baseline") == ['loss.1.weight=0,model.init_from=""']
+
+
+def test_from_imagenet_trains_no_source_and_only_the_imagenet_cells_into_the_same_folder(tmp_path):
+    proc, calls = run_script(tmp_path, STEPS="full_face", FROM="imagenet")
+    assert proc.returncode == 0, proc.stderr
+    assert [c[0] for c in calls] == ["ablate"]
+    assert option(calls[0], "--out") == ["out/ck48_full_face"]
+    assert option(calls[0], "--grid") == ['model.init_from=""', "loss.1.weight=0,0.5"]
+    assert option(calls[0], "--baseline") == ['loss.1.weight=0,model.init_from=""']
+
+
+def test_from_fer2013_alone_takes_its_baseline_from_the_source(tmp_path):
+    proc, calls = run_script(tmp_path, STEPS="au_partial", FROM="fer2013")
+    assert proc.returncode == 0, proc.stderr
+    assert [c[0] for c in calls] == ["run", "ablate"]
+    assert option(calls[1], "--grid")[0] == 'model.init_from="out/fer2013_au_partial"'
+    assert option(calls[1], "--baseline") == ['loss.1.weight=0,model.init_from="out/fer2013_au_partial"']
+
+
+def test_the_long_step_is_one_30_epoch_run_of_its_own(tmp_path):
+    proc, calls = run_script(tmp_path, STEPS="long")
+    assert proc.returncode == 0, proc.stderr
+    assert len(calls) == 1 and option(calls[0], "--out") == ["out/fer2013_au_partial_30ep"]
+    assert option(calls[0], "--set") == ["train.epochs=30"]
+
+
+@pytest.mark.parametrize("env, message", [({"STEPS": "full_face lnog"}, "unknown step 'lnog'"),
+                                          ({"STEPS": ""}, "STEPS is empty"),
+                                          ({"FROM": "imagenet scratch"}, "unknown source 'scratch'"),
+                                          ({"FROM": ""}, "FROM is empty")])
+def test_a_misspelt_step_or_source_stops_before_any_work(tmp_path, env, message):
+    proc, calls = run_script(tmp_path, **env)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert calls == []
