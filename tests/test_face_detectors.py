@@ -124,11 +124,11 @@ def test_a_detector_that_breaks_the_contract_is_named(bad, message):
 
 def test_names_parameters_and_their_errors():
     assert {"auto", "haar", "dlib", "none"} <= set(detector_names())
-    with pytest.raises(FermetricError, match=r"--detect 'mtcnn': no such face detector; choose one of auto, .*haar"):
+    with pytest.raises(FermetricError, match=r"detect='mtcnn' \(--detect mtcnn\): no such face detector; choose one of auto, .*haar"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="mtcnn")
     with pytest.raises(RecipeError, match="need a named detector"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="auto", detector_params={"min_neighbors": 3})
-    with pytest.raises(RecipeError, match="--detect haar: unknown parameter 'min_neigbours'; haar's parameters: scale_factor, min_neighbors"):
+    with pytest.raises(RecipeError, match=r"detect='haar' \(--detect haar\): unknown parameter 'min_neigbours'; haar's parameters: scale_factor, min_neighbors"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"min_neigbours": 3})
     with pytest.raises(RecipeError, match="'name' is not a detector parameter"):
         FaceFinder(TEMPLATE_MODEL, (48, 48), detect="haar", detector_params={"name": "dlib"})
@@ -166,3 +166,13 @@ def test_an_annotation_label_stays_on_the_picture(frame):
         assert rows_with_label.min() > 0.4 * canvas.shape[0]  # below the frame (which starts at row 2)
     if frame == "at the right edge":
         assert cols.min() < 250 * canvas.shape[1] / 320  # moved left so that "surprise 0.91" fits
+
+
+def test_without_dlib_asking_for_it_says_how_to_install_it_and_what_else_to_use(monkeypatch):
+    import fermetric.inference.faces as faces
+
+    monkeypatch.setattr(faces, "dlib_available", lambda: False)
+    # The same message reaches load_model(detect=...) and `fermetric predict --detect`: it names both spellings.
+    with pytest.raises(FermetricError, match=r"detect='dlib' \(--detect dlib\) needs dlib .*or use detect='haar' \(--detect haar\)"):
+        FaceFinder(TEMPLATE_MODEL, (48, 48), detect="dlib")
+    assert FaceFinder(TEMPLATE_MODEL, (48, 48), detect="auto").detector == "haar"

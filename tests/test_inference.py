@@ -241,7 +241,7 @@ def test_predict_detector_choice_and_parameters_on_the_command_line(run_dir, pho
     assert unknown.exit_code == 2 and "'mtcnn' is not a face detector; choose one of auto, dlib, haar" in unknown.output
     assert invoke("predict", run_dir, picture, "--detect", "haar", "--detector-param", "min_neighbors").exit_code == 2
     auto = invoke("predict", run_dir, picture, "--detector-param", "min_neighbors=3")
-    assert auto.exit_code == 2 and "need a named detector (--detect NAME)" in auto.output
+    assert auto.exit_code == 2 and "need a named detector (detect='NAME', --detect NAME)" in auto.output
     typo = invoke("predict", run_dir, picture, "--detect", "haar", "--detector-param", "min_neigbours=3")
     assert typo.exit_code == 2 and "unknown parameter 'min_neigbours'; haar's parameters: scale_factor, min_neighbors" in typo.output
     out = tmp_path / "haar.csv"

@@ -140,9 +140,9 @@ def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
         raise unknown_detector(name, host)
     component = registry.get(name)
     params = dict(params or {})
-    where = f"--detect {name}"
+    where = detect_choice(name)
     if "name" in params:
-        raise RecipeError(f"{where}: 'name' is not a detector parameter (--detect chooses the detector)")
+        raise RecipeError(f"{where}: 'name' is not a detector parameter (detect chooses the detector)")
     unknown = sorted(set(params) - set(component.params)) if not component.accepts_any else []
     if unknown:
         valid = ", ".join(component.params) or "none"
@@ -170,8 +170,14 @@ def detector_names(host=None) -> list[str]:
     return ["auto", *(host or get_host()).registry("face_detector").names(), "none"]
 
 
+def detect_choice(name: str) -> str:
+    """How errors name a detector choice: as the keyword of load_model / FaceFinder and as predict's option, since
+    the same message reaches users of the Python API and of the command line."""
+    return f"detect={name!r} (--detect {name})"
+
+
 def unknown_detector(name: str, host=None) -> FermetricError:
-    return FermetricError(f"--detect {name!r}: no such face detector; choose one of {', '.join(detector_names(host))}"
+    return FermetricError(f"{detect_choice(name)}: no such face detector; choose one of {', '.join(detector_names(host))}"
                           " (fermetric plugins --kind face_detector lists who registers each)")
 
 
@@ -205,11 +211,12 @@ class FaceFinder:
             else:
                 detector = detect
             if self.detector_params and detect in ("auto", "none"):
-                raise RecipeError(f"detector parameters {sorted(self.detector_params)} need a named detector (--detect NAME), not {detect!r}")
+                raise RecipeError(f"detector parameters {sorted(self.detector_params)} need a named detector (detect='NAME', --detect NAME), not {detect!r}")
             if detector == "dlib" and not dlib_available():
                 from fermetric.components.landmarks import DLIB_INSTALL_HINT
 
-                raise FermetricError(f"--detect dlib needs dlib and its landmark model: {DLIB_INSTALL_HINT}; or use --detect haar")
+                raise FermetricError(f"{detect_choice('dlib')} needs dlib and its landmark model: {DLIB_INSTALL_HINT};"
+                                     f" or use {detect_choice('haar')}")
             if detector not in detector_names(host):
                 raise unknown_detector(detect, host)
             self.detector = detector
