@@ -18,40 +18,52 @@ set -euo pipefail
 # trains only them (no source; they do not depend on it) into the same folder, for a machine whose source is gone.
 chain() {
   local crop=$1; shift
-  local inits=""
-  if [[ " $FROM " == *" fer2013 "* ]]; then
+  local source="\"$OUT/fer2013_$crop\"" inits=() baseline
+  if ((from_fer2013)); then
     .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_$crop" "$@" --resume ${extra[@]+"${extra[@]}"}
-    inits="\"$OUT/fer2013_$crop\","
+    inits+=("$source"); baseline=$source
   fi
-  [[ " $FROM " == *" imagenet "* ]] && inits+='""' || inits=${inits%,}
+  if ((from_imagenet)); then inits+=('""'); baseline='""'; fi
+  local IFS=,
   .venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_$crop" "$@" \
-    --grid "model.init_from=$inits" --grid loss.1.weight=0,0.5 \
-    --baseline "loss.1.weight=0,model.init_from=${inits##*,}" ${extra[@]+"${extra[@]}"}
+    --grid "model.init_from=${inits[*]}" --grid loss.1.weight=0,0.5 \
+    --baseline "loss.1.weight=0,model.init_from=$baseline" ${extra[@]+"${extra[@]}"}
 }
+
+die() { echo "reproduce_transfer.sh: $*" >&2; exit 2; }
 
 main() {
   cd "$(dirname "$0")/.."
   OUT=${OUT:-runs/transfer}
-  STEPS=${STEPS-au_partial full_face long}
   FER=recipes/pidml/fer2013_mobilenet_pretrained.toml
   CK=recipes/pidml/ck48_transfer_96.toml
-  FROM=${FROM-fer2013 imagenet}  # which CK+48 cells: from the FER2013 source, from ImageNet only, or both
   extra=("$@")
-  for from in $FROM; do
+  # Every word checked before hours of work start. `set -f`: a '*' in them is a typo, not a file pattern.
+  local steps froms step from
+  set -f
+  read -ra steps <<< "${STEPS-au_partial full_face long}"
+  read -ra froms <<< "${FROM-fer2013 imagenet}"  # which CK+48 cells: from the FER2013 source, ImageNet only
+  set +f
+  ((${#steps[@]})) || die "STEPS is empty: nothing to do"
+  ((${#froms[@]})) || die "FROM is empty: no CK+48 cell to train"
+  from_fer2013=0 from_imagenet=0
+  for from in "${froms[@]}"; do
     case $from in
-      fer2013|imagenet) ;;
-      *) echo "reproduce_transfer.sh: unknown source '$from' in FROM (fer2013, imagenet)" >&2; exit 2 ;;
+      fer2013) from_fer2013=1 ;;
+      imagenet) from_imagenet=1 ;;
+      *) die "unknown source '$from' in FROM (fer2013, imagenet)" ;;
     esac
   done
-  [ -n "$FROM" ] || { echo "reproduce_transfer.sh: FROM is empty: no CK+48 cell to train" >&2; exit 2; }
-  for step in $STEPS; do  # every step checked before hours of work start
+  for step in "${steps[@]}"; do
     case $step in
-      au_partial|full_face|long) ;;
-      *) echo "reproduce_transfer.sh: unknown step '$step' in STEPS (au_partial, full_face, long)" >&2; exit 2 ;;
+      au_partial|full_face) ;;
+      long) ((from_fer2013)) || die "step 'long' trains FER2013, which FROM=${froms[*]} leaves out: drop it from STEPS" ;;
+      *) die "unknown step '$step' in STEPS (au_partial, full_face, long)" ;;
     esac
   done
-  [ -n "$STEPS" ] || { echo "reproduce_transfer.sh: STEPS is empty: nothing to do" >&2; exit 2; }
-  for step in $STEPS; do
+  # OUT goes into TOML strings ("...") and comma-separated grid values.
+  [[ $OUT != *[\"\\,]* ]] || die "OUT='$OUT' holds a quote, backslash or comma; choose a plainer folder name"
+  for step in "${steps[@]}"; do
     case $step in
       au_partial) chain au_partial ;;
       full_face) chain full_face --set crop.name=full_face --set crop.size=96 ;;

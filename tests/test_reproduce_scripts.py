@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from fermetric.ablation.grid import expand, find_baseline, parse_grid_option
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "reproduce_transfer.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the reproduce scripts are bash scripts")
 
 
-def run_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+def run_script(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     """Run a copy of the script in a tree whose ``.venv/bin/fermetric`` writes one line per call (NUL-separated
     arguments), and return the process and the calls."""
     (tmp_path / "scripts").mkdir()
@@ -25,7 +27,7 @@ def run_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess,
     log = tmp_path / "calls"
     stub.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" >> {log}\nprintf '\\n' >> {log}\n")
     stub.chmod(0o755)
-    proc = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name)], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name), *args], cwd=tmp_path, capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin", "OUT": "out", **env}, timeout=60)
     calls = [line.split("\0")[:-1] for line in log.read_text().splitlines()] if log.exists() else []
     return proc, calls
@@ -35,14 +37,25 @@ def option(call: list[str], name: str) -> list[str]:
     return [call[i + 1] for i, arg in enumerate(call) if arg == name]
 
 
+def cells_and_baseline(ablate: list[str]) -> tuple[list[str], str]:
+    """What `fermetric ablate` makes of the script's --grid and --baseline: every cell's model.init_from, the
+    baseline's (the parser's own functions, so a quoting slip shows here)."""
+    cells = expand(dict(parse_grid_option(g) for g in option(ablate, "--grid")))
+    baseline = find_baseline(cells, option(ablate, "--baseline")[0])
+    init = lambda cell: dict((k, v.value) for k, v in cell.pairs)["model.init_from"]  # noqa: E731
+    assert dict((k, v.value) for k, v in baseline.pairs)["loss.1.weight"] == 0
+    return [init(c) for c in cells], init(baseline)
+
+
 def test_a_chain_trains_its_source_then_pairs_the_cells_from_it_with_imagenet_only(tmp_path):
     proc, calls = run_script(tmp_path, STEPS="full_face")
     assert proc.returncode == 0, proc.stderr
     assert [c[0] for c in calls] == ["run", "ablate"]
     assert option(calls[0], "--out") == ["out/fer2013_full_face"] and "--resume" in calls[0]
-    assert option(calls[1], "--set") == ["crop.name=full_face", "crop.size=96"]
+    # The source is trained with the crop of the CK+48 cells it feeds.
+    assert option(calls[0], "--set") == option(calls[1], "--set") == ["crop.name=full_face", "crop.size=96"]
     assert option(calls[1], "--grid") == ['model.init_from="out/fer2013_full_face",""', "loss.1.weight=0,0.5"]
-    assert option(calls[1], "--baseline") == ['loss.1.weight=0,model.init_from=""']
+    assert cells_and_baseline(calls[1]) == (["out/fer2013_full_face"] * 2 + [""] * 2, "")
 
 
 def test_from_imagenet_trains_no_source_and_only_the_imagenet_cells_into_the_same_folder(tmp_path):
@@ -51,7 +64,7 @@ def test_from_imagenet_trains_no_source_and_only_the_imagenet_cells_into_the_sam
     assert [c[0] for c in calls] == ["ablate"]
     assert option(calls[0], "--out") == ["out/ck48_full_face"]
     assert option(calls[0], "--grid") == ['model.init_from=""', "loss.1.weight=0,0.5"]
-    assert option(calls[0], "--baseline") == ['loss.1.weight=0,model.init_from=""']
+    assert cells_and_baseline(calls[0]) == (["", ""], "")
 
 
 def test_from_fer2013_alone_takes_its_baseline_from_the_source(tmp_path):
@@ -59,7 +72,15 @@ def test_from_fer2013_alone_takes_its_baseline_from_the_source(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [c[0] for c in calls] == ["run", "ablate"]
     assert option(calls[1], "--grid")[0] == 'model.init_from="out/fer2013_au_partial"'
-    assert option(calls[1], "--baseline") == ['loss.1.weight=0,model.init_from="out/fer2013_au_partial"']
+    assert cells_and_baseline(calls[1]) == (["out/fer2013_au_partial"] * 2, "out/fer2013_au_partial")
+
+
+def test_extra_arguments_reach_every_run_and_ablation_unchanged(tmp_path):
+    proc, calls = run_script(tmp_path, "--set", "train.epochs=2", "--set", "data.note=a b,c", STEPS="au_partial long")
+    assert proc.returncode == 0, proc.stderr
+    assert [c[0] for c in calls] == ["run", "ablate", "run"]
+    # Last, so they win over the script's own --set; a space or comma in one stays inside it.
+    assert all(call[-4:] == ["--set", "train.epochs=2", "--set", "data.note=a b,c"] for call in calls)
 
 
 def test_the_long_step_is_one_30_epoch_run_of_its_own(tmp_path):
@@ -69,10 +90,17 @@ def test_the_long_step_is_one_30_epoch_run_of_its_own(tmp_path):
     assert option(calls[0], "--set") == ["train.epochs=30"]
 
 
-@pytest.mark.parametrize("env, message", [({"STEPS": "full_face lnog"}, "unknown step 'lnog'"),
-                                          ({"STEPS": ""}, "STEPS is empty"),
-                                          ({"FROM": "imagenet scratch"}, "unknown source 'scratch'"),
-                                          ({"FROM": ""}, "FROM is empty")])
+@pytest.mark.parametrize("env, message", [
+    ({"STEPS": "full_face lnog"}, "unknown step 'lnog'"),
+    ({"STEPS": ""}, "STEPS is empty"),
+    ({"STEPS": " \t "}, "STEPS is empty"),
+    ({"STEPS": "*"}, "unknown step '*'"),
+    ({"FROM": "imagenet scratch"}, "unknown source 'scratch'"),
+    ({"FROM": ""}, "FROM is empty"),
+    ({"FROM": "  "}, "FROM is empty"),
+    ({"FROM": "imagenet"}, "step 'long' trains FER2013, which FROM=imagenet leaves out"),  # STEPS has long by default
+    ({"OUT": "runs/a,b"}, "OUT='runs/a,b' holds a quote, backslash or comma"),
+])
 def test_a_misspelt_step_or_source_stops_before_any_work(tmp_path, env, message):
     proc, calls = run_script(tmp_path, **env)
     assert proc.returncode == 2 and message in proc.stderr
