@@ -324,6 +324,12 @@ class AblationFolder:
     def cell(self, cell_id: str) -> CellFolder:
         return CellFolder(self.root / "cells" / cell_id)
 
+    def cell_ids(self) -> list[str]:
+        """Every cell trained into this folder, sorted: a later ablate with a smaller grid rewrites ablation.json
+        with its own cells only, but the others' folders stay."""
+        cells = self.root / "cells"
+        return sorted(d.name for d in cells.iterdir() if CellFolder(d).cell_file.is_file()) if cells.is_dir() else []
+
     def cell_relpath(self, cell_id: str) -> str:
         """The cell's folder relative to the ablation folder, as ``ablation.json`` records it."""
         return f"cells/{cell_id}"

@@ -111,15 +111,16 @@ def fold_source(fold: RunFolder) -> str | None:
 
 
 def collect_cell(folder: AblationFolder, values: dict) -> dict[str, dict]:
-    """The finished folds ("seed/fold" -> numbers) of the cell of ``folder`` whose grid values are ``values``."""
-    info = folder.info() or {}
-    for entry in info.get("cells", []):
-        recorded = (read_json(folder.cell(entry["id"]).cell_file) or {}).get("values", {})
+    """The finished folds ("seed/fold" -> numbers) of the cell of ``folder`` whose grid values are ``values``.
+    Every cell folder on disk counts, not only those of the last ablate's ablation.json (``FROM=imagenet`` of
+    reproduce_transfer.sh rewrites it with its two cells)."""
+    for cell_id in folder.cell_ids():
+        recorded = (read_json(folder.cell(cell_id).cell_file) or {}).get("values", {})
         if not all(_same(k, recorded.get(k), v) for k, v in values.items()):
             continue
         out = {}
-        for seed in range(int(info.get("seeds", 1))):
-            run = folder.cell(entry["id"]).seed(seed)
+        for seed in range(SEEDS):
+            run = folder.cell(cell_id).seed(seed)
             for fold in range(FOLDS):
                 record = fold_record(run, fold)
                 if record:
@@ -419,7 +420,8 @@ def section(archive: dict, transfer: Path) -> list[str]:
     add("`bash scripts/reproduce_transfer.sh`, step 2 of each chain: recipe `recipes/pidml/ck48_transfer_96.toml`"
         " (Table 6's recipe: MobileNetV2 at 96x96, 20 epochs, flip test-time augmentation) with `model.init_from` set"
         " to the FER2013 run of the same crop, or to \"\" for the ImageNet-only cells the transfer cells are paired"
-        " with (same seed, same folds). Only the backbone moves (`model.init_parts = \"backbone\"`): the FER2013"
+        " with (same seed, same folds; they need no source, and `FROM=imagenet` trains only them, as on a machine"
+        " whose source folder was gone). Only the backbone moves (`model.init_parts = \"backbone\"`): the FER2013"
         " recipe's embedding is 256 wide and CK+48's 128, and the classifier is always new, since FER2013 has"
         " neutral and no contempt and CK+48 the reverse.")
     add("")

@@ -114,6 +114,19 @@ def test_folds_merge_exactly_and_stay_when_their_folders_are_gone(report, transf
     assert f"- source: every fold started from the FER2013 run above (best.pt sha256 {sha[:12]}...)." in text
 
 
+def test_cells_count_when_a_later_smaller_ablate_rewrote_ablation_json(report, transfer, tmp_path):
+    # FROM=imagenet of reproduce_transfer.sh ablates the ImageNet-only cells alone into the chain's folder: its
+    # ablation.json then lists them only, but the from-FER2013 cells trained there before still count.
+    root, _ = transfer
+    folder = AblationFolder(root / "ck48_full_face")
+    write_json({"seeds": 1, "cells": [{"id": "c1"}]}, folder.ablation_file)
+    assert folder.cell_ids() == ["c0", "c1"]
+    archive: dict = {}
+    report.update_archive(archive, tmp_path / "no_multiseed", root)
+    assert set(archive["cells"][CE_FROM_FER]["folds"]) == {"0/0", "0/1"}
+    assert set(archive["cells"]["transfer/ck48_full_face: ImageNet only, CE alone"]["folds"]) == {"0/0", "0/1"}
+
+
 def test_the_report_says_when_a_cells_folds_come_from_two_trainings_of_the_source(report, transfer, tmp_path):
     root, sha = transfer
     archive: dict = {}
