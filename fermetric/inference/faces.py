@@ -142,7 +142,7 @@ def build_detector(name: str, params: dict[str, Any] | None = None, host=None):
     params = dict(params or {})
     where = detect_choice(name)
     if "name" in params:
-        raise RecipeError(f"{where}: 'name' is not a detector parameter (detect chooses the detector)")
+        raise RecipeError(f"{where}: 'name' is not a detector parameter (detect= / --detect chooses the detector)")
     unknown = sorted(set(params) - set(component.params)) if not component.accepts_any else []
     if unknown:
         valid = ", ".join(component.params) or "none"
@@ -273,7 +273,7 @@ class FaceFinder:
         if self.mode == "aligned_crop":
             if self.detector == "none":
                 return (f"model trained on pre-aligned face crops (crop.landmarks = {self.source!r}): every image is taken"
-                        " as one face already framed like the training data (--detect none)")
+                        f" as one face already framed like the training data ({detect_choice('none')})")
             small = (f"; images up to {int(self.size * ALIGNED_CROP_MAX_RATIO)} px are taken as aligned crops already"
                      if self.requested == "auto" else "")
             how = ("their box is mapped onto the training framing (no eye line: not rotated)" if self.detector == "haar"
@@ -282,7 +282,8 @@ class FaceFinder:
                     f" detected with {det} and {how} before the {self.crop_name} crop{small}")
         if self.mode == "landmarks":
             if self.detector == "none":
-                return "every image is taken as one face; template landmarks stand in for detected ones (--detect none)"
+                return ("every image is taken as one face; template landmarks stand in for detected ones"
+                        f" ({detect_choice('none')})")
             return (f"faces are detected with {det}; their landmarks place the {self.crop_name} crop"
                     + (" (Haar gives a box only: the landmark template is fitted into it, an approximation)" if self.detector == "haar" else ""))
         return f"the {self.crop_name} cropper finds the face itself (landmarks = {self.source!r}), one per image"
