@@ -1,5 +1,6 @@
-"""scripts/reproduce_transfer.sh, run against a stand-in ``fermetric`` that records its arguments: which runs and
-ablations the steps and sources start, and that a misspelt step or source stops the script before any work."""
+"""scripts/reproduce_transfer.sh and reproduce_multiseed.sh, run against a stand-in ``fermetric`` that records its
+arguments: which runs and ablations the steps and sources start, and that a misspelt step or source stops the
+script before any work."""
 
 from __future__ import annotations
 
@@ -13,21 +14,23 @@ from fermetric.ablation.grid import expand, find_baseline, parse_grid_option
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "reproduce_transfer.sh"
+MULTISEED = REPO / "scripts" / "reproduce_multiseed.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the reproduce scripts are bash scripts")
 
 
-def run_script(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+def run_script(tmp_path: Path, *args: str, script: Path = SCRIPT, **env: str
+               ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     """Run a copy of the script in a tree whose ``.venv/bin/fermetric`` writes one line per call (NUL-separated
     arguments), and return the process and the calls."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)
+    (tmp_path / "scripts").mkdir(parents=True)
+    shutil.copy(script, tmp_path / "scripts" / script.name)
     stub = tmp_path / ".venv" / "bin" / "fermetric"
     stub.parent.mkdir(parents=True)
     log = tmp_path / "calls"
     stub.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" >> {log}\nprintf '\\n' >> {log}\n")
     stub.chmod(0o755)
-    proc = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name), *args], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / script.name), *args], cwd=tmp_path, capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin", "OUT": "out", **env}, timeout=60)
     calls = [line.split("\0")[:-1] for line in log.read_text().splitlines()] if log.exists() else []
     return proc, calls
@@ -105,3 +108,21 @@ def test_a_misspelt_step_or_source_stops_before_any_work(tmp_path, env, message)
     proc, calls = run_script(tmp_path, **env)
     assert proc.returncode == 2 and message in proc.stderr
     assert calls == []
+
+
+def test_multiseed_steps_are_three_ablations_of_three_seeds_paired_by_their_folders(tmp_path):
+    proc, calls = run_script(tmp_path, "--set", "train.epochs=1", script=MULTISEED)
+    assert proc.returncode == 0, proc.stderr
+    assert [option(c, "--out") for c in calls] == [["out/emlf_vs_ce"], ["out/full_face_ce"], ["out/emlf_hard"]]
+    assert all(option(c, "--seeds") == ["3"] and c[-2:] == ["--set", "train.epochs=1"] for c in calls)
+    # The hard variant at the setting of the mean one it is compared with.
+    assert option(calls[2], "--set")[:2] == ["loss.1.pos_margin=0.5", "loss.1.variant=hard"]
+    assert option(calls[2], "--grid") == ["loss.1.weight=0.05"] and "loss.1.weight=0,0.05" in option(calls[0], "--grid")
+    proc, calls = run_script(tmp_path / "one", script=MULTISEED, STEPS="emlf_hard")
+    assert [option(c, "--out") for c in calls] == [["out/emlf_hard"]]
+
+
+@pytest.mark.parametrize("steps, message", [("emlf_hrad", "unknown step 'emlf_hrad'"), (" ", "STEPS is empty")])
+def test_a_misspelt_multiseed_step_stops_before_any_work(tmp_path, steps, message):
+    proc, calls = run_script(tmp_path, script=MULTISEED, STEPS=steps)
+    assert proc.returncode == 2 and message in proc.stderr and calls == []
