@@ -119,8 +119,9 @@ def collect_cell(folder: AblationFolder, values: dict) -> dict[str, dict]:
         if not all(_same(k, recorded.get(k), v) for k, v in values.items()):
             continue
         out = {}
+        cell = folder.cell(cell_id)
         for seed in range(SEEDS):
-            run = folder.cell(cell_id).seed(seed)
+            run = cell.seed(seed)
             for fold in range(FOLDS):
                 record = fold_record(run, fold)
                 if record:
@@ -328,12 +329,13 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " do not edit by hand. -->")
     add("")
     # -- the runs -------------------------------------------------------------------------------------------
-    ce, emlf, ff, hard = (cell_from(archive, table, label) for table, _, label in MULTISEED)
+    multiseed = [cell_from(archive, table, label) for table, _, label in MULTISEED]
+    ce, emlf, ff, hard = multiseed
     fer = {key: (label, archive.get("fer2013", {}).get(key)) for key, _, label in FER}
     chains = {crop: {(bool(values["model.init_from"]), values["loss.1.weight"]): cell_from(archive, table, label)
                      for table, values, label in transfer_cells(crop, transfer)} for crop, _ in CROPS}
 
-    devices = sorted({d for c in [ce, emlf, ff, hard, *(c for cells in chains.values() for c in cells.values())] for d in c.devices}
+    devices = sorted({d for c in [*multiseed, *(c for cells in chains.values() for c in cells.values())] for d in c.devices}
                      | {r["device"] for _, r in fer.values() if r})
     add(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()},"
         f" {os.cpu_count()} CPU cores, no GPU. The runs' run.json record device {', '.join(devices) or '—'}: they"
@@ -384,7 +386,7 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " positive and nearest negative in place of the means (docs/method.md), its own folder, paired with the"
         " other cells by (seed, fold); it was not measured before, so all three of its seeds are fresh evidence.")
     add("")
-    L += summary_table([ce, emlf, ff, hard], SEEDS * FOLDS)
+    L += summary_table(multiseed, SEEDS * FOLDS)
     add("")
     add(compare(emlf.accuracy, ce.accuracy, "EMLF against CE alone, all seeds"))
     add(compare(only_seeds(emlf.accuracy, {1, 2}), only_seeds(ce.accuracy, {1, 2}),
@@ -401,7 +403,7 @@ def section(archive: dict, transfer: Path) -> list[str]:
     add("")
     add("Test accuracy (%) per (seed, fold):")
     add("")
-    L += fold_table([ce, emlf, ff, hard])
+    L += fold_table(multiseed)
     add("")
 
     # -- FER2013 ---------------------------------------------------------------------------------------------
