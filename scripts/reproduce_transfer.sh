@@ -6,6 +6,7 @@
 #   OUT=runs/transfer bash scripts/reproduce_transfer.sh
 #   STEPS="full_face long" bash scripts/reproduce_transfer.sh    # only some steps (default: all three, in order)
 #   FROM=imagenet STEPS=full_face bash scripts/reproduce_transfer.sh  # only the ImageNet-only cells of a chain
+#   FROM=fer2013 LOSSES=emlf STEPS=full_face bash ...  # only the CE + EMLF cell from FER2013 (a cell to finish)
 # Afterwards: .venv/bin/python scripts/make_results_13.py --transfer "$OUT" --write docs/results.md
 set -euo pipefail
 
@@ -26,8 +27,8 @@ chain() {
   if ((from_imagenet)); then inits+=('""'); baseline='""'; fi
   local IFS=,
   .venv/bin/fermetric ablate "$CK" --out "$OUT/ck48_$crop" "$@" \
-    --grid "model.init_from=${inits[*]}" --grid loss.1.weight=0,0.5 \
-    --baseline "loss.1.weight=0,model.init_from=$baseline" ${extra[@]+"${extra[@]}"}
+    --grid "model.init_from=${inits[*]}" --grid "loss.1.weight=${weights[*]}" \
+    --baseline "loss.1.weight=${weights[0]},model.init_from=$baseline" ${extra[@]+"${extra[@]}"}
 }
 
 die() { echo "reproduce_transfer.sh: $*" >&2; exit 2; }
@@ -39,13 +40,15 @@ main() {
   CK=recipes/pidml/ck48_transfer_96.toml
   extra=("$@")
   # Every word checked before hours of work start. `set -f`: a '*' in them is a typo, not a file pattern.
-  local steps froms step from
+  local steps froms losses step from loss
   set -f
   read -ra steps <<< "${STEPS-au_partial full_face long}"
   read -ra froms <<< "${FROM-fer2013 imagenet}"  # which CK+48 cells: from the FER2013 source, ImageNet only
+  read -ra losses <<< "${LOSSES-ce emlf}"  # and which losses: CE alone, CE + EMLF
   set +f
   ((${#steps[@]})) || die "STEPS is empty: nothing to do"
   ((${#froms[@]})) || die "FROM is empty: no CK+48 cell to train"
+  ((${#losses[@]})) || die "LOSSES is empty: no CK+48 cell to train"
   from_fer2013=0 from_imagenet=0
   for from in "${froms[@]}"; do
     case $from in
@@ -53,6 +56,15 @@ main() {
       imagenet) from_imagenet=1 ;;
       *) die "unknown source '$from' in FROM (fer2013, imagenet)" ;;
     esac
+  done
+  for loss in "${losses[@]}"; do
+    [[ $loss == ce || $loss == emlf ]] || die "unknown loss '$loss' in LOSSES (ce, emlf)"
+  done
+  # EMLF's weight (loss.1.weight) in each chosen loss's cells, CE alone first: the first is the baseline's.
+  local -A weight=([ce]=0 [emlf]=0.5)
+  weights=()
+  for loss in ce emlf; do
+    if [[ " ${losses[*]} " == *" $loss "* ]]; then weights+=("${weight[$loss]}"); fi
   done
   for step in "${steps[@]}"; do
     case $step in

@@ -40,13 +40,13 @@ def option(call: list[str], name: str) -> list[str]:
     return [call[i + 1] for i, arg in enumerate(call) if arg == name]
 
 
-def cells_and_baseline(ablate: list[str]) -> tuple[list[str], str]:
+def cells_and_baseline(ablate: list[str], baseline_weight: float = 0) -> tuple[list[str], str]:
     """What `fermetric ablate` makes of the script's --grid and --baseline: every cell's model.init_from, the
-    baseline's (the parser's own functions, so a quoting slip shows here)."""
+    baseline's (the parser's own functions, so a quoting slip shows here), whose EMLF weight is checked."""
     cells = expand(dict(parse_grid_option(g) for g in option(ablate, "--grid")))
     baseline = find_baseline(cells, option(ablate, "--baseline")[0])
     init = lambda cell: dict((k, v.value) for k, v in cell.pairs)["model.init_from"]  # noqa: E731
-    assert dict((k, v.value) for k, v in baseline.pairs)["loss.1.weight"] == 0
+    assert dict((k, v.value) for k, v in baseline.pairs)["loss.1.weight"] == baseline_weight
     return [init(c) for c in cells], init(baseline)
 
 
@@ -78,6 +78,16 @@ def test_from_fer2013_alone_takes_its_baseline_from_the_source(tmp_path):
     assert cells_and_baseline(calls[1]) == (["out/fer2013_au_partial"] * 2, "out/fer2013_au_partial")
 
 
+@pytest.mark.parametrize("losses, weights", [("emlf", "0.5"), ("ce", "0"), ("emlf ce", "0,0.5")])
+def test_losses_choose_the_cells_ce_alone_first_as_the_baseline(tmp_path, losses, weights):
+    # LOSSES=emlf FROM=fer2013: the one cell left to finish, without training the archived CE-alone cell again.
+    proc, calls = run_script(tmp_path, STEPS="full_face", FROM="fer2013", LOSSES=losses)
+    assert proc.returncode == 0, proc.stderr
+    assert option(calls[1], "--grid") == ['model.init_from="out/fer2013_full_face"', f"loss.1.weight={weights}"]
+    inits, baseline = cells_and_baseline(calls[1], baseline_weight=float(weights.split(",")[0]))
+    assert inits == ["out/fer2013_full_face"] * len(weights.split(",")) and baseline == "out/fer2013_full_face"
+
+
 def test_extra_arguments_reach_every_run_and_ablation_unchanged(tmp_path):
     proc, calls = run_script(tmp_path, "--set", "train.epochs=2", "--set", "data.note=a b,c", STEPS="au_partial long")
     assert proc.returncode == 0, proc.stderr
@@ -102,6 +112,8 @@ def test_the_long_step_is_one_30_epoch_run_of_its_own(tmp_path):
     ({"FROM": ""}, "FROM is empty"),
     ({"FROM": "  "}, "FROM is empty"),
     ({"FROM": "imagenet"}, "step 'long' trains FER2013, which FROM=imagenet leaves out"),  # STEPS has long by default
+    ({"LOSSES": "ce triplet"}, "unknown loss 'triplet'"),
+    ({"LOSSES": " "}, "LOSSES is empty"),
     ({"OUT": "runs/a,b"}, "OUT='runs/a,b' holds a quote, backslash or comma"),
 ])
 def test_a_misspelt_step_or_source_stops_before_any_work(tmp_path, env, message):
