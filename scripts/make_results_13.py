@@ -11,8 +11,9 @@ The section sits between two marker comments at the end of docs/results.md; ever
 is. Run folders live in ignored runs/ and do not outlive a machine, so every finished fold (``fold_XX/metrics.json``:
 correct / total, macro-F1, training seconds, the hash of the checkpoint it was initialised from) and every FER2013
 run's figures go into the archive, which is committed; folds already there stay when their folders are gone, and a
-FER2013 run that starts again from nothing replaces a finished one's figures only once it has finished itself (the
-report then says which cells started from which training). A report written while runs go on is partial and says
+FER2013 run that starts again from nothing replaces a finished one's figures only once it has finished itself; the
+first training's figures stay beside it, and the report says which training each cell started from (a cell whose
+folds started from two is left out of the goals). A report written while runs go on is partial and says
 so. Statistics and their text are fermetric.ablation.stats' (the same as every results table). Numbers only, no
 images.
 """
@@ -291,32 +292,57 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
         if old and old.get("sha256") and not record["sha256"] and old.get("accuracy") == record["accuracy"]:
             record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
         if {k: v for k, v in record.items() if k != "seen"} != {k: v for k, v in (old or {}).items() if k != "seen"}:
+            if old and old.get("sha256") and record["sha256"] and old["sha256"] != record["sha256"]:
+                # The recipe trained again to its end, another network: the first training's figures and hash stay
+                # (cells fine-tuned from it still name it, and both results are the recipe's).
+                archive.setdefault("fer2013_earlier", {}).setdefault(key, []).append(old)
             archive["fer2013"][key] = record
             changed.append(f"FER2013 {key}")
     return changed
 
 
-def source_check(cells: list[Cell], fer: dict | None) -> tuple[str, bool]:
-    """(a line saying whether the from-FER2013 cells' folds all started from the FER2013 run of the table above, by
-    hash; whether they mix networks, which keeps them out of the goals table)."""
-    sources = set().union(*(c.sources for c in cells))
-    unsourced = sum(c.unsourced for c in cells)
-    expected = (fer or {}).get("sha256")
-    if not sources:
+def mixes(cell: Cell) -> bool:
+    """Whether a cell's folds started from more than one network (two hashes, or hashes beside folds without)."""
+    return len(cell.sources) > 1 or bool(cell.sources and cell.unsourced)
+
+
+def source_name(sha: str, fer: dict | None, earlier: list[dict]) -> str:
+    if sha == (fer or {}).get("sha256"):
+        return f"the FER2013 run above (best.pt sha256 {sha[:12]}...)"
+    if any(sha == old.get("sha256") for old in earlier):
+        return f"the earlier training of that recipe in the table above ({sha[:12]}...)"
+    return (f"one FER2013 checkpoint ({sha[:12]}...), but not from the FER2013 run in the table above"
+            f" ({((fer or {}).get('sha256') or 'no hash kept')[:12]}): that row is another training of the source")
+
+
+def source_check(cells: list[Cell], fer: dict | None, earlier: list[dict] = ()) -> tuple[str, bool]:
+    """(a line saying which FER2013 training the from-FER2013 cells' folds started from, by hash; whether a cell's
+    folds mix networks, which keeps that cell out of the goals table). ``earlier``: the source recipe's earlier
+    finished trainings, which the archive keeps."""
+    earlier = list(earlier)
+    if not set().union(*(c.sources for c in cells)):
         return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive).", False
-    if len(sources) > 1 or unsourced:
-        kinds = len(sources) + (1 if unsourced else 0)
-        return (f"- source: **the folds started from {kinds} different FER2013 trainings** (hashes"
-                f" {', '.join(sorted(h[:12] for h in sources))}" + (f", and {unsourced} folds whose hash was not kept"
-                                                                    if unsourced else "") +
-                "): the source was trained again between machines, so these cells mix networks and are left out of"
-                " the goals.", True)
-    (only,) = sources
-    if only == expected:
-        return f"- source: every fold started from the FER2013 run above (best.pt sha256 {only[:12]}...).", False
-    return (f"- source: every fold started from one FER2013 checkpoint ({only[:12]}...), but not from the FER2013 run"
-            f" in the table above ({(expected or 'no hash kept')[:12]}): that row is another training of the source.",
-            False)
+    singles = {next(iter(c.sources)) for c in cells if c.sources and not mixes(c)}
+    if len(singles) == 1 and not any(mixes(c) for c in cells):
+        return f"- source: every fold started from {source_name(next(iter(singles)), fer, earlier)}.", False
+    parts, mixed = [], False
+    for c in cells:
+        whose = f" of {c.label.removeprefix('from FER2013, ')}" if len(cells) > 1 else ""
+        if mixes(c):
+            mixed = True
+            kinds = len(c.sources) + (1 if c.unsourced else 0)
+            unsourced = f", and {c.unsourced} folds whose hash was not kept" if c.unsourced else ""
+            parts.append(f"**the folds{whose} started from {kinds} different FER2013 trainings** (hashes"
+                         f" {', '.join(sorted(h[:12] for h in c.sources))}{unsourced}): the source was trained again"
+                         " between machines, so this cell mixes networks and is left out of the goals")
+        elif c.sources:
+            (only,) = c.sources
+            parts.append(f"every fold{whose} started from {source_name(only, fer, earlier)}")
+    line = "- source: " + "; ".join(parts) + "."
+    if len(singles) > 1:
+        line += (" Each cell fine-tunes one network, but the cells started from different trainings of the source,"
+                 " so a comparison between them includes the source's run-to-run variation.")
+    return line, mixed
 
 
 def section(archive: dict, transfer: Path) -> list[str]:
@@ -350,19 +376,27 @@ def section(archive: dict, transfer: Path) -> list[str]:
     add("")
 
     # -- goals first: what a reader wants to know ----------------------------------------------------------
-    checks = {crop: source_check([cells[(True, 0)], cells[(True, 0.5)]], fer[crop][1]) for crop, cells in chains.items()}
+    earlier = archive.get("fer2013_earlier", {})
+    checks = {crop: source_check([cells[(True, 0)], cells[(True, 0.5)]], fer[crop][1], earlier.get(crop, []))
+              for crop, cells in chains.items()}
     best_ck = EARLIER["CK+48"]
     for crop, cells in chains.items():
         for (from_fer, _), c in cells.items():
-            if from_fer and checks[crop][1]:
+            if from_fer and mixes(c):
                 continue
             mean, _, n = mean_std(list(c.accuracy.values()))
             if n == FOLDS and mean > best_ck[0]:
                 best_ck = (mean, f"{c.label}, {crop}, 96x96 (the transfer tables below, one seed)")
     best_fer = EARLIER["FER2013"]
     for key, (_, record) in fer.items():
-        if record and record["accuracy"] is not None and record["accuracy"] > best_fer[0]:
-            best_fer = (record["accuracy"], f"the FER2013 {key} run below (MobileNetV2, 96x96, ImageNet start)")
+        trainings = [r for r in [*earlier.get(key, []), record] if r and r["accuracy"] is not None]
+        for r in trainings:
+            if r["accuracy"] > best_fer[0]:
+                # Picking the best of several trainings of one recipe on PublicTest flatters it: the others are named.
+                others = ", ".join(f"{100 * o['accuracy']:.2f}%" for o in trainings if o is not r)
+                best_fer = (r["accuracy"], f"the FER2013 {key} run below (MobileNetV2, 96x96, ImageNet start)"
+                            + (f"; the best of {len(trainings)} trainings of that recipe (the other: {others})"
+                               if others else ""))
     add("### Against the goals")
     add("")
     add("| goal | target | best honest figure | gap | where |")
@@ -421,8 +455,10 @@ def section(archive: dict, transfer: Path) -> list[str]:
     add("| crop | epochs | selected epoch (held-out Training accuracy) | PublicTest accuracy (%) | macro-F1 (%) |"
         " training time |")
     add("|---|---|---|---|---|---|")
-    for label, record in fer.values():
+    for key, (label, record) in fer.items():
         add(fer_row(label, record))
+        for old in earlier.get(key, []):  # the same recipe trained before: run-to-run variation, side by side
+            add(fer_row(f"{label}, earlier training (best.pt {old['sha256'][:12]}...)", old))
     add("")
 
     # -- transfer --------------------------------------------------------------------------------------------

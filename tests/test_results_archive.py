@@ -211,3 +211,40 @@ def test_the_committed_archive_renders_the_committed_report(report):
     for ours, theirs in zip(rendered, section):
         if not ours.startswith("Generated "):  # carries the time it was written
             assert ours == theirs
+
+
+def test_a_source_trained_again_keeps_the_first_training_and_each_cell_names_its_own(report, transfer, tmp_path):
+    # A new machine trains the FER2013 source again to its end (another network): the first training's figures
+    # stay beside the new ones, and a CK+48 cell fine-tuned from each is one network's result, named as such.
+    root, first = transfer
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    shutil.rmtree(root)
+    _fer_run(root / "fer2013_full_face", 3, finished=True, weights=b"another network")
+    second = hashlib.sha256(b"another network").hexdigest()
+    _ablation(root / "ck48_full_face", [
+        ("c2", {"loss.1.weight": 0.5, "model.init_from": str(root / "fer2013_full_face")}, [[[1, 0], [0, 1]]] * 2),
+    ], source_sha=second)
+    assert "FER2013 full_face" in report.update_archive(archive, tmp_path, root)
+    assert [r["sha256"] for r in archive["fer2013_earlier"]["full_face"]] == [first]
+    assert archive["fer2013"]["full_face"]["sha256"] == second
+
+    ce = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
+    emlf = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE + EMLF (0.5)")
+    assert not report.mixes(ce) and not report.mixes(emlf)
+    line, mixed = report.source_check([ce, emlf], archive["fer2013"]["full_face"], archive["fer2013_earlier"]["full_face"])
+    assert not mixed
+    assert f"every fold of CE alone started from the earlier training of that recipe in the table above ({first[:12]}" in line
+    assert f"every fold of CE + EMLF (0.5) started from the FER2013 run above (best.pt sha256 {second[:12]}" in line
+    assert "includes the source's run-to-run variation" in line
+
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert f"| full face (`full_face`), earlier training (best.pt {first[:12]}...) | 2 |" in text
+    # Seen again, nothing changes: the earlier training is kept once.
+    assert report.update_archive(archive, tmp_path, root) == []
+    assert len(archive["fer2013_earlier"]["full_face"]) == 1
+    # The goal's figure, when it is the better of the two trainings, names the other (a best of two on PublicTest).
+    archive["fer2013_earlier"]["full_face"][0]["accuracy"] = 0.7
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "| 70.00% | -3.50 points (**not met**) | the FER2013 full_face run below (MobileNetV2, 96x96, ImageNet" \
+           " start); the best of 2 trainings of that recipe (the other: 60.00%) |" in text
