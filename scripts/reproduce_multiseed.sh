@@ -13,22 +13,14 @@
 #   STEPS=emlf_hard bash scripts/reproduce_multiseed.sh     # one step
 set -euo pipefail
 
-die() { echo "reproduce_multiseed.sh: $*" >&2; exit 2; }
+# shellcheck source=lib/words.sh
+source "$(dirname "$0")/lib/words.sh"  # words, has, die
 
 main() {
   cd "$(dirname "$0")/.."
   OUT=${OUT:-runs/multiseed}
   local steps step
-  set -f  # a '*' in STEPS is a typo, not a file pattern
-  read -ra steps <<< "${STEPS-emlf_vs_ce full_face_ce emlf_hard}"
-  set +f
-  ((${#steps[@]})) || die "STEPS is empty: nothing to do"
-  for step in "${steps[@]}"; do  # every step checked before hours of work start
-    case $step in
-      emlf_vs_ce|full_face_ce|emlf_hard) ;;
-      *) die "unknown step '$step' in STEPS (emlf_vs_ce, full_face_ce, emlf_hard)" ;;
-    esac
-  done
+  words steps STEPS step "nothing to do" emlf_vs_ce full_face_ce emlf_hard
   for step in "${steps[@]}"; do
     case $step in
       emlf_vs_ce) .venv/bin/fermetric ablate recipes/pidml/base.toml --out "$OUT/emlf_vs_ce" --seeds 3 \

@@ -31,7 +31,8 @@ chain() {
     --baseline "loss.1.weight=${weights[0]},model.init_from=$baseline" ${extra[@]+"${extra[@]}"}
 }
 
-die() { echo "reproduce_transfer.sh: $*" >&2; exit 2; }
+# shellcheck source=lib/words.sh
+source "$(dirname "$0")/lib/words.sh"  # words, has, die
 
 main() {
   cd "$(dirname "$0")/.."
@@ -39,40 +40,19 @@ main() {
   FER=recipes/pidml/fer2013_mobilenet_pretrained.toml
   CK=recipes/pidml/ck48_transfer_96.toml
   extra=("$@")
-  # Every word checked before hours of work start. `set -f`: a '*' in them is a typo, not a file pattern.
-  local steps froms losses step from loss
-  set -f
-  read -ra steps <<< "${STEPS-au_partial full_face long}"
-  read -ra froms <<< "${FROM-fer2013 imagenet}"  # which CK+48 cells: from the FER2013 source, ImageNet only
-  read -ra losses <<< "${LOSSES-ce emlf}"  # and which losses: CE alone, CE + EMLF
-  set +f
-  ((${#steps[@]})) || die "STEPS is empty: nothing to do"
-  ((${#froms[@]})) || die "FROM is empty: no CK+48 cell to train"
-  ((${#losses[@]})) || die "LOSSES is empty: no CK+48 cell to train"
-  from_fer2013=0 from_imagenet=0
-  for from in "${froms[@]}"; do
-    case $from in
-      fer2013) from_fer2013=1 ;;
-      imagenet) from_imagenet=1 ;;
-      *) die "unknown source '$from' in FROM (fer2013, imagenet)" ;;
-    esac
-  done
-  for loss in "${losses[@]}"; do
-    [[ $loss == ce || $loss == emlf ]] || die "unknown loss '$loss' in LOSSES (ce, emlf)"
-  done
-  # EMLF's weight (loss.1.weight) in each chosen loss's cells, CE alone first: the first is the baseline's.
-  local -A weight=([ce]=0 [emlf]=0.5)
-  weights=()
-  for loss in ce emlf; do
-    if [[ " ${losses[*]} " == *" $loss "* ]]; then weights+=("${weight[$loss]}"); fi
-  done
-  for step in "${steps[@]}"; do
-    case $step in
-      au_partial|full_face) ;;
-      long) ((from_fer2013)) || die "step 'long' trains FER2013, which FROM=${froms[*]} leaves out: drop it from STEPS" ;;
-      *) die "unknown step '$step' in STEPS (au_partial, full_face, long)" ;;
-    esac
-  done
+  local steps froms losses step
+  words steps STEPS step "nothing to do" au_partial full_face long
+  words froms FROM source "no CK+48 cell to train" fer2013 imagenet  # CK+48 cells from the FER2013 run, ImageNet only
+  words losses LOSSES loss "no CK+48 cell to train" ce emlf  # and with which losses: CE alone, CE + EMLF
+  from_fer2013=0 from_imagenet=0 weights=()
+  if has fer2013 "${froms[@]}"; then from_fer2013=1; fi
+  if has imagenet "${froms[@]}"; then from_imagenet=1; fi
+  # EMLF's weight (loss.1.weight) in the chosen losses' cells, CE alone first: the first is the baseline's.
+  if has ce "${losses[@]}"; then weights+=(0); fi
+  if has emlf "${losses[@]}"; then weights+=(0.5); fi
+  if has long "${steps[@]}" && ! ((from_fer2013)); then
+    die "step 'long' trains FER2013, which FROM=${froms[*]} leaves out: drop it from STEPS"
+  fi
   # OUT goes into TOML strings ("...") and comma-separated grid values.
   [[ $OUT != *[\"\\,]* ]] || die "OUT='$OUT' holds a quote, backslash or comma; choose a plainer folder name"
   for step in "${steps[@]}"; do

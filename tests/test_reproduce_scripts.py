@@ -25,6 +25,7 @@ def run_script(tmp_path: Path, *args: str, script: Path = SCRIPT, **env: str
     arguments), and return the process and the calls."""
     (tmp_path / "scripts").mkdir(parents=True)
     shutil.copy(script, tmp_path / "scripts" / script.name)
+    shutil.copytree(REPO / "scripts" / "lib", tmp_path / "scripts" / "lib")
     stub = tmp_path / ".venv" / "bin" / "fermetric"
     stub.parent.mkdir(parents=True)
     log = tmp_path / "calls"
