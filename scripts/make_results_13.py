@@ -450,7 +450,10 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " the FER2013 table's `pidml_mobilenet96` run (same recipe and seed; 62.44% there): the difference between"
         " the two is run-to-run variation (this one was stopped and resumed across sessions, at other thread loads)."
         " The longer schedule is the same recipe for 30 epochs (the script's last step; its cosine schedule spans"
-        " the 30 epochs, so it is its own run, not a continuation).")
+        " the 30 epochs, so it is its own run, not a continuation)."
+        + (" A source trained again to its end on a later machine (its folder gone with the first) is another"
+           " network: both trainings are listed, the earlier one with its checkpoint's hash, and the difference"
+           " between them is the recipe's run-to-run variation." if any(earlier.values()) else ""))
     add("")
     add("| crop | epochs | selected epoch (held-out Training accuracy) | PublicTest accuracy (%) | macro-F1 (%) |"
         " training time |")
