@@ -230,6 +230,10 @@ def fer_record(folder: RunFolder) -> dict | None:
             "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
 
 
+def short_hash(record: dict) -> str:
+    return f"best.pt {record['sha256'][:12]}..." if record.get("sha256") else "no hash kept"
+
+
 def fer_row(label: str, record: dict | None) -> str:
     if not record:
         return f"| {label} | not run yet | — | — | — | — |"
@@ -289,13 +293,21 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
             continue
         if old and old.get("accuracy") is not None and record["accuracy"] is None:
             continue  # a run started again from nothing replaces a finished one only once it has finished
-        if old and old.get("sha256") and not record["sha256"] and old.get("accuracy") == record["accuracy"]:
+        if old and old.get("sha256") and not record["sha256"] and not another_training(old, record):
             record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
         if {k: v for k, v in record.items() if k != "seen"} != {k: v for k, v in (old or {}).items() if k != "seen"}:
-            if old and old.get("sha256") and record["sha256"] and old["sha256"] != record["sha256"]:
+            earlier = archive.setdefault("fer2013_earlier", {}).setdefault(key, [])
+            if old and old.get("accuracy") is not None and another_training(old, record):
                 # The recipe trained again to its end, another network: the first training's figures and hash stay
-                # (cells fine-tuned from it still name it, and both results are the recipe's).
-                archive.setdefault("fer2013_earlier", {}).setdefault(key, []).append(old)
+                # (cells fine-tuned from it still name it, and both results are the recipe's), once each.
+                if not any(not another_training(e, old) for e in earlier):
+                    earlier.append(old)
+            # A training seen again (two machines, each with its own) is the current one, not also an earlier one.
+            earlier[:] = [e for e in earlier if another_training(e, record)]
+            if not earlier:
+                del archive["fer2013_earlier"][key]
+                if not archive["fer2013_earlier"]:
+                    del archive["fer2013_earlier"]
             archive["fer2013"][key] = record
             changed.append(f"FER2013 {key}")
     return changed
@@ -310,23 +322,33 @@ def source_name(sha: str, fer: dict | None, earlier: list[dict]) -> str:
     if sha == (fer or {}).get("sha256"):
         return f"the FER2013 run above (best.pt sha256 {sha[:12]}...)"
     if any(sha == old.get("sha256") for old in earlier):
-        return f"the earlier training of that recipe in the table above ({sha[:12]}...)"
+        return f"an earlier training of that recipe in the table above (best.pt sha256 {sha[:12]}...)"
     return (f"one FER2013 checkpoint ({sha[:12]}...), but not from the FER2013 run in the table above"
             f" ({((fer or {}).get('sha256') or 'no hash kept')[:12]}): that row is another training of the source")
 
 
+def another_training(a: dict, b: dict) -> bool:
+    """Whether two finished FER2013 records are different trainings: by hash, or by result where a hash is missing."""
+    if a.get("sha256") and b.get("sha256"):
+        return a["sha256"] != b["sha256"]
+    return (a.get("accuracy"), a.get("epochs")) != (b.get("accuracy"), b.get("epochs"))
+
+
 def source_check(cells: list[Cell], fer: dict | None, earlier: list[dict] = ()) -> tuple[str, bool]:
-    """(a line saying which FER2013 training the from-FER2013 cells' folds started from, by hash; whether a cell's
-    folds mix networks, which keeps that cell out of the goals table). ``earlier``: the source recipe's earlier
-    finished trainings, which the archive keeps."""
+    """(a line saying which FER2013 training the from-FER2013 cells' folds started from, by hash; whether some
+    cell's folds mix networks: ``section`` leaves such a cell, judged by :func:`mixes`, out of the goals).
+    ``earlier``: the source recipe's earlier finished trainings, which the archive keeps."""
     earlier = list(earlier)
-    if not set().union(*(c.sources for c in cells)):
+    lineages = [c.sources | ({None} if c.unsourced else set()) for c in cells if c.accuracy]
+    if not any(None not in lineage or len(lineage) > 1 for lineage in lineages):
         return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive).", False
-    singles = {next(iter(c.sources)) for c in cells if c.sources and not mixes(c)}
-    if len(singles) == 1 and not any(mixes(c) for c in cells):
+    singles = {next(iter(lineage)) for lineage in lineages if len(lineage) == 1}
+    if len(singles) == 1 and all(len(lineage) == 1 for lineage in lineages):
         return f"- source: every fold started from {source_name(next(iter(singles)), fer, earlier)}.", False
     parts, mixed = [], False
     for c in cells:
+        if not c.accuracy:
+            continue
         whose = f" of {c.label.removeprefix('from FER2013, ')}" if len(cells) > 1 else ""
         if mixes(c):
             mixed = True
@@ -338,10 +360,12 @@ def source_check(cells: list[Cell], fer: dict | None, earlier: list[dict] = ()) 
         elif c.sources:
             (only,) = c.sources
             parts.append(f"every fold{whose} started from {source_name(only, fer, earlier)}")
+        else:
+            parts.append(f"the folds{whose} kept no hash of their source (they predate the archive)")
     line = "- source: " + "; ".join(parts) + "."
     if len(singles) > 1:
-        line += (" Each cell fine-tunes one network, but the cells started from different trainings of the source,"
-                 " so a comparison between them includes the source's run-to-run variation.")
+        line += (" Each cell fine-tunes one network, but the cells started from different (or unknown) trainings of"
+                 " the source, so a comparison between them includes the source's run-to-run variation.")
     return line, mixed
 
 
@@ -393,10 +417,12 @@ def section(archive: dict, transfer: Path) -> list[str]:
         for r in trainings:
             if r["accuracy"] > best_fer[0]:
                 # Picking the best of several trainings of one recipe on PublicTest flatters it: the others are named.
-                others = ", ".join(f"{100 * o['accuracy']:.2f}%" for o in trainings if o is not r)
-                best_fer = (r["accuracy"], f"the FER2013 {key} run below (MobileNetV2, 96x96, ImageNet start)"
-                            + (f"; the best of {len(trainings)} trainings of that recipe (the other: {others})"
-                               if others else ""))
+                others = [f"{100 * o['accuracy']:.2f}%" for o in trainings if o is not r]
+                row = (f"the FER2013 {key} run below" if r is record else
+                       f"the earlier FER2013 {key} training below ({short_hash(r)})")
+                best_fer = (r["accuracy"], f"{row} (MobileNetV2, 96x96, ImageNet start)"
+                            + (f"; the best of {len(trainings)} trainings of that recipe (the"
+                               f" other{'s' if len(others) > 1 else ''}: {', '.join(others)})" if others else ""))
     add("### Against the goals")
     add("")
     add("| goal | target | best honest figure | gap | where |")
@@ -451,9 +477,9 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " the two is run-to-run variation (this one was stopped and resumed across sessions, at other thread loads)."
         " The longer schedule is the same recipe for 30 epochs (the script's last step; its cosine schedule spans"
         " the 30 epochs, so it is its own run, not a continuation)."
-        + (" A source trained again to its end on a later machine (its folder gone with the first) is another"
-           " network: both trainings are listed, the earlier one with its checkpoint's hash, and the difference"
-           " between them is the recipe's run-to-run variation." if any(earlier.values()) else ""))
+        + (" A run trained again to its end on a later machine (its folder gone with the first) is another"
+           " network: every training is listed, the earlier ones with their checkpoint's hash, and the differences"
+           " between them are the recipe's run-to-run variation." if any(earlier.values()) else ""))
     add("")
     add("| crop | epochs | selected epoch (held-out Training accuracy) | PublicTest accuracy (%) | macro-F1 (%) |"
         " training time |")
@@ -461,7 +487,7 @@ def section(archive: dict, transfer: Path) -> list[str]:
     for key, (label, record) in fer.items():
         add(fer_row(label, record))
         for old in earlier.get(key, []):  # the same recipe trained before: run-to-run variation, side by side
-            add(fer_row(f"{label}, earlier training (best.pt {old['sha256'][:12]}...)", old))
+            add(fer_row(f"{label}, earlier training ({short_hash(old)})", old))
     add("")
 
     # -- transfer --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ set -euo pipefail
 
 # One crop's chain (a stop leaves the chains before it complete): its FER2013 source (input size and crop must
 # match the CK+48 step), then CK+48 from it against ImageNet only ("" = no init_from), CE alone (weight 0)
-# against CE + EMLF. init_from is the outer axis, so the cells that start from the source run right after it,
+# against CE + EMLF (the EMLF weights in `weights`, from LOSSES; FROM sets from_fer2013/from_imagenet). init_from is the outer axis, so the cells that start from the source run right after it,
 # while its folder is surely there: run folders do not outlive a machine, and a source trained again is another
 # network (the report flags cells whose folds mix two). `ablate` checks every cell's source before the first
 # cell trains, so the ImageNet-only cells too need the source folder to be there, unless FROM=imagenet, which

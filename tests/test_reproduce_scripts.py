@@ -89,6 +89,27 @@ def test_losses_choose_the_cells_ce_alone_first_as_the_baseline(tmp_path, losses
     assert inits == ["out/fer2013_full_face"] * len(weights.split(",")) and baseline == "out/fer2013_full_face"
 
 
+def test_losses_with_both_sources_pair_each_loss_across_them(tmp_path):
+    proc, calls = run_script(tmp_path, STEPS="full_face", LOSSES="emlf")
+    assert proc.returncode == 0, proc.stderr
+    assert option(calls[1], "--grid") == ['model.init_from="out/fer2013_full_face",""', "loss.1.weight=0.5"]
+    assert cells_and_baseline(calls[1], baseline_weight=0.5) == (["out/fer2013_full_face", ""], "")
+
+
+def test_words_keep_the_callers_globbing_and_read_every_line(tmp_path):
+    # A newline in STEPS separates words like a blank (read alone would drop every line after the first).
+    proc, calls = run_script(tmp_path, STEPS="au_partial\nlong")
+    assert proc.returncode == 0, proc.stderr
+    assert [option(c, "--out")[0] for c in calls] == ["out/fer2013_au_partial", "out/ck48_au_partial",
+                                                      "out/fer2013_au_partial_30ep"]
+    lib = REPO / "scripts" / "lib" / "words.sh"
+    probe = (f"source {lib}; set -f; STEPS='b a'; words got STEPS step x a b; [[ $- == *f* ]] && echo noglob;"
+             " set +f; words got STEPS step x a b; [[ $- != *f* ]] && echo glob; IFS=,; has b a b c && echo has;"
+             " has '' a b || echo empty-is-not-an-item; echo \"${got[*]}\"")
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split("\n")[:5] == ["noglob", "glob", "has", "empty-is-not-an-item", "b,a"], out.stderr
+
+
 def test_extra_arguments_reach_every_run_and_ablation_unchanged(tmp_path):
     proc, calls = run_script(tmp_path, "--set", "train.epochs=2", "--set", "data.note=a b,c", STEPS="au_partial long")
     assert proc.returncode == 0, proc.stderr

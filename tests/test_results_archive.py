@@ -234,7 +234,8 @@ def test_a_source_trained_again_keeps_the_first_training_and_each_cell_names_its
     assert not report.mixes(ce) and not report.mixes(emlf)
     line, mixed = report.source_check([ce, emlf], archive["fer2013"]["full_face"], archive["fer2013_earlier"]["full_face"])
     assert not mixed
-    assert f"every fold of CE alone started from the earlier training of that recipe in the table above ({first[:12]}" in line
+    assert ("every fold of CE alone started from an earlier training of that recipe in the table above (best.pt"
+            f" sha256 {first[:12]}") in line
     assert f"every fold of CE + EMLF (0.5) started from the FER2013 run above (best.pt sha256 {second[:12]}" in line
     assert "includes the source's run-to-run variation" in line
 
@@ -243,8 +244,61 @@ def test_a_source_trained_again_keeps_the_first_training_and_each_cell_names_its
     # Seen again, nothing changes: the earlier training is kept once.
     assert report.update_archive(archive, tmp_path, root) == []
     assert len(archive["fer2013_earlier"]["full_face"]) == 1
-    # The goal's figure, when it is the better of the two trainings, names the other (a best of two on PublicTest).
+    # The goal's figure, when it is the better of the two trainings, points at its row and names the other.
     archive["fer2013_earlier"]["full_face"][0]["accuracy"] = 0.7
     text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
-    assert "| 70.00% | -3.50 points (**not met**) | the FER2013 full_face run below (MobileNetV2, 96x96, ImageNet" \
-           " start); the best of 2 trainings of that recipe (the other: 60.00%) |" in text
+    assert (f"| 70.00% | -3.50 points (**not met**) | the earlier FER2013 full_face training below (best.pt {first[:12]}"
+            "...) (MobileNetV2, 96x96, ImageNet start); the best of 2 trainings of that recipe (the other: 60.00%) |"
+            ) in text
+
+
+def test_trainings_seen_in_turn_are_kept_once_and_a_missing_hash_loses_nothing(report, tmp_path):
+    root = tmp_path / "transfer"
+    archive: dict = {}
+    for weights in (b"A", b"B", b"A", b"B"):  # two machines, each with its own training, reporting in turn
+        shutil.rmtree(root, ignore_errors=True)
+        _fer_run(root / "fer2013_full_face", 2, finished=True, weights=weights)
+        report.update_archive(archive, tmp_path, root)
+    assert archive["fer2013"]["full_face"]["sha256"] == hashlib.sha256(b"B").hexdigest()
+    assert [r["sha256"] for r in archive["fer2013_earlier"]["full_face"]] == [hashlib.sha256(b"A").hexdigest()]
+
+    # A third training whose checkpoint is gone (no hash), with another result: B's figures stay too.
+    shutil.rmtree(root)
+    _fer_run(root / "fer2013_full_face", 3, finished=True)
+    report.update_archive(archive, tmp_path, root)
+    assert archive["fer2013"]["full_face"]["sha256"] is None and archive["fer2013"]["full_face"]["epochs"] == 3
+    assert [r["sha256"] for r in archive["fer2013_earlier"]["full_face"]] == [
+        hashlib.sha256(w).hexdigest() for w in (b"A", b"B")]
+    # The current row without a hash is shown as such; the section still renders.
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "earlier training (best.pt " in text and "every training is listed" in text
+
+
+def test_a_cell_without_hashes_beside_a_hashed_one_is_not_said_to_share_its_source(report, transfer, tmp_path):
+    root, sha = transfer
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    emlf = "transfer/ck48_full_face: from FER2013, CE + EMLF (0.5)"
+    archive["cells"][emlf] = {"folds": {k: dict(v, source_sha256=None)
+                                        for k, v in archive["cells"][CE_FROM_FER]["folds"].items()}}
+    cells = [report.cell_from(archive, "transfer/ck48_full_face", label)
+             for label in ("from FER2013, CE alone", "from FER2013, CE + EMLF (0.5)")]
+    line, mixed = report.source_check(cells, archive["fer2013"]["full_face"])
+    assert not mixed and "the folds of CE + EMLF (0.5) kept no hash of their source" in line
+    assert f"every fold of CE alone started from the FER2013 run above (best.pt sha256 {sha[:12]}" in line
+    assert "run-to-run variation" in line
+
+
+def test_a_cell_that_mixes_trainings_is_left_out_of_the_goals_and_a_clean_one_counts(report, tmp_path):
+    # Ten folds each: the CE + EMLF cell scores 100% but its folds started from two trainings, the CE cell 99%
+    # from one: the goal is the clean cell's figure, whatever the other's.
+    def folds(correct: int, shas: list[str]) -> dict:
+        return {f"0/{i}": {"correct": correct, "total": 100, "accuracy": correct / 100, "macro_f1": None,
+                           "train_seconds": 1.0, "device": "cpu", "source_sha256": sha} for i, sha in enumerate(shas)}
+    prefix = "transfer/ck48_full_face: "
+    archive = {"cells": {prefix + "from FER2013, CE alone": {"folds": folds(99, ["a" * 64] * 10)},
+                         prefix + "from FER2013, CE + EMLF (0.5)": {"folds": folds(100, ["a" * 64] * 5 + ["b" * 64] * 5)}},
+               "fer2013": {"full_face": None}}
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "| CK+48, 10-fold by subject | 98.5% | 99.00% | +0.50 points (met) | from FER2013, CE alone, full_face," in text
+    assert "**the folds of CE + EMLF (0.5) started from 2 different FER2013 trainings**" in text
