@@ -242,8 +242,11 @@ def test_signals_end_with_their_exit_code_a_final_status_and_resume(tmp_path, si
     out = RunFolder(tmp_path / "run")
     overrides = TINY + ["train.epochs=40", f'train.cache_dir="{tmp_path / "c"}"']
     cmd = [sys.executable, "-m", "fermetric", "run", QUICKSTART, "--out", str(out.root), *sets(overrides)]
+    # The run gets Ctrl-C as a terminal's foreground job would: a test suite started in the background (`cmd &`)
+    # ignores SIGINT, the child would inherit that, and Python would then rightly not turn SIGINT into Ctrl-C.
     proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | {"MPLBACKEND": "Agg"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not out.last_checkpoint.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
