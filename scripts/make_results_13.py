@@ -296,18 +296,18 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
         if old and old.get("sha256") and not record["sha256"] and not another_training(old, record):
             record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
         if {k: v for k, v in record.items() if k != "seen"} != {k: v for k, v in (old or {}).items() if k != "seen"}:
-            earlier = archive.setdefault("fer2013_earlier", {}).setdefault(key, [])
-            if old and old.get("accuracy") is not None and another_training(old, record):
+            store = archive.setdefault("fer2013_earlier", {})
+            earlier = store.get(key, [])
+            if old and old.get("accuracy") is not None and all(another_training(e, old) for e in [record, *earlier]):
                 # The recipe trained again to its end, another network: the first training's figures and hash stay
                 # (cells fine-tuned from it still name it, and both results are the recipe's), once each.
-                if not any(not another_training(e, old) for e in earlier):
-                    earlier.append(old)
+                earlier = [*earlier, old]
             # A training seen again (two machines, each with its own) is the current one, not also an earlier one.
-            earlier[:] = [e for e in earlier if another_training(e, record)]
-            if not earlier:
-                del archive["fer2013_earlier"][key]
-                if not archive["fer2013_earlier"]:
-                    del archive["fer2013_earlier"]
+            store[key] = [e for e in earlier if another_training(e, record)]
+            if not store[key]:
+                del store[key]
+            if not store:
+                del archive["fer2013_earlier"]
             archive["fer2013"][key] = record
             changed.append(f"FER2013 {key}")
     return changed
@@ -334,24 +334,23 @@ def another_training(a: dict, b: dict) -> bool:
     return (a.get("accuracy"), a.get("epochs")) != (b.get("accuracy"), b.get("epochs"))
 
 
-def source_check(cells: list[Cell], fer: dict | None, earlier: list[dict] = ()) -> tuple[str, bool]:
-    """(a line saying which FER2013 training the from-FER2013 cells' folds started from, by hash; whether some
-    cell's folds mix networks: ``section`` leaves such a cell, judged by :func:`mixes`, out of the goals).
-    ``earlier``: the source recipe's earlier finished trainings, which the archive keeps."""
+def source_check(cells: list[Cell], fer: dict | None, earlier: list[dict] = ()) -> str:
+    """A line saying which FER2013 training the from-FER2013 cells' folds started from, by hash (a cell whose folds
+    mix networks, :func:`mixes`, is said to be left out of the goals). ``earlier``: the source recipe's earlier
+    finished trainings, which the archive keeps."""
     earlier = list(earlier)
     lineages = [c.sources | ({None} if c.unsourced else set()) for c in cells if c.accuracy]
     if not any(None not in lineage or len(lineage) > 1 for lineage in lineages):
-        return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive).", False
+        return "- source: the FER2013 checkpoint's hash was not kept for these folds (they predate the archive)."
     singles = {next(iter(lineage)) for lineage in lineages if len(lineage) == 1}
     if len(singles) == 1 and all(len(lineage) == 1 for lineage in lineages):
-        return f"- source: every fold started from {source_name(next(iter(singles)), fer, earlier)}.", False
-    parts, mixed = [], False
+        return f"- source: every fold started from {source_name(next(iter(singles)), fer, earlier)}."
+    parts = []
     for c in cells:
         if not c.accuracy:
             continue
         whose = f" of {c.label.removeprefix('from FER2013, ')}" if len(cells) > 1 else ""
         if mixes(c):
-            mixed = True
             kinds = len(c.sources) + (1 if c.unsourced else 0)
             unsourced = f", and {c.unsourced} folds whose hash was not kept" if c.unsourced else ""
             parts.append(f"**the folds{whose} started from {kinds} different FER2013 trainings** (hashes"
@@ -366,7 +365,7 @@ def source_check(cells: list[Cell], fer: dict | None, earlier: list[dict] = ()) 
     if len(singles) > 1:
         line += (" Each cell fine-tunes one network, but the cells started from different (or unknown) trainings of"
                  " the source, so a comparison between them includes the source's run-to-run variation.")
-    return line, mixed
+    return line
 
 
 def section(archive: dict, transfer: Path) -> list[str]:
@@ -514,7 +513,7 @@ def section(archive: dict, transfer: Path) -> list[str]:
         add(compare(cells[(True, 0.5)].accuracy, cells[(True, 0)].accuracy, "EMLF against CE, from FER2013"))
         add(compare(cells[(False, 0.5)].accuracy, cells[(False, 0)].accuracy, "EMLF against CE, ImageNet only"))
         if cells[(True, 0)].accuracy or cells[(True, 0.5)].accuracy:
-            add(checks[crop][0])
+            add(checks[crop])
         add("")
         folds = fold_table(list(cells.values()))
         if folds:

@@ -134,8 +134,8 @@ def test_the_report_says_when_a_cells_folds_come_from_two_trainings_of_the_sourc
     # A fold kept from before hashes were recorded, beside one with a hash: two trainings, left out of the goals.
     archive["cells"][CE_FROM_FER]["folds"]["0/1"]["source_sha256"] = None
     cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
-    line, mixed = report.source_check([cell], archive["fer2013"]["full_face"])
-    assert mixed and "**the folds started from 2 different FER2013 trainings**" in line and "1 folds whose hash" in line
+    line = report.source_check([cell], archive["fer2013"]["full_face"])
+    assert report.mixes(cell) and "**the folds started from 2 different FER2013 trainings**" in line and "1 folds whose hash" in line
     # That kept fold had no training time either: the time shown says how many folds it covers.
     archive["cells"][CE_FROM_FER]["folds"]["0/1"]["train_seconds"] = None
     assert report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone").time_text() == \
@@ -143,13 +143,13 @@ def test_the_report_says_when_a_cells_folds_come_from_two_trainings_of_the_sourc
     # Two hashes: the same.
     archive["cells"][CE_FROM_FER]["folds"]["0/1"]["source_sha256"] = "f" * 64
     cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
-    assert report.source_check([cell], archive["fer2013"]["full_face"])[1]
+    assert report.mixes(cell)
     # One hash, not the FER2013 row's: not a mix, but the row is another training.
     for fold in archive["cells"][CE_FROM_FER]["folds"].values():
         fold["source_sha256"] = "f" * 64
     cell = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
-    line, mixed = report.source_check([cell], archive["fer2013"]["full_face"])
-    assert not mixed and "that row is another training of the source" in line
+    line = report.source_check([cell], archive["fer2013"]["full_face"])
+    assert not report.mixes(cell) and "that row is another training of the source" in line
 
 
 def test_a_resume_that_has_not_yet_recorded_the_source_does_not_wipe_a_kept_hash(report, transfer, tmp_path):
@@ -232,8 +232,8 @@ def test_a_source_trained_again_keeps_the_first_training_and_each_cell_names_its
     ce = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE alone")
     emlf = report.cell_from(archive, "transfer/ck48_full_face", "from FER2013, CE + EMLF (0.5)")
     assert not report.mixes(ce) and not report.mixes(emlf)
-    line, mixed = report.source_check([ce, emlf], archive["fer2013"]["full_face"], archive["fer2013_earlier"]["full_face"])
-    assert not mixed
+    line = report.source_check([ce, emlf], archive["fer2013"]["full_face"], archive["fer2013_earlier"]["full_face"])
+    assert "left out of the goals" not in line
     assert ("every fold of CE alone started from an earlier training of that recipe in the table above (best.pt"
             f" sha256 {first[:12]}") in line
     assert f"every fold of CE + EMLF (0.5) started from the FER2013 run above (best.pt sha256 {second[:12]}" in line
@@ -283,8 +283,8 @@ def test_a_cell_without_hashes_beside_a_hashed_one_is_not_said_to_share_its_sour
                                         for k, v in archive["cells"][CE_FROM_FER]["folds"].items()}}
     cells = [report.cell_from(archive, "transfer/ck48_full_face", label)
              for label in ("from FER2013, CE alone", "from FER2013, CE + EMLF (0.5)")]
-    line, mixed = report.source_check(cells, archive["fer2013"]["full_face"])
-    assert not mixed and "the folds of CE + EMLF (0.5) kept no hash of their source" in line
+    line = report.source_check(cells, archive["fer2013"]["full_face"])
+    assert not any(map(report.mixes, cells)) and "the folds of CE + EMLF (0.5) kept no hash of their source" in line
     assert f"every fold of CE alone started from the FER2013 run above (best.pt sha256 {sha[:12]}" in line
     assert "run-to-run variation" in line
 
