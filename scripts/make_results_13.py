@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from fermetric.ablation.stats import mean_std, paired_wilcoxon  # noqa: E402
 from fermetric.errors import FermetricError  # noqa: E402
-from fermetric.runfolder import AblationFolder, RunFolder, load_checkpoint, read_json  # noqa: E402
+from fermetric.runfolder import BEST_CHECKPOINT, AblationFolder, RunFolder, load_checkpoint, read_json  # noqa: E402
 from fermetric.training.transfer import source_checkpoint  # noqa: E402
 
 ARCHIVE = ROOT / "docs" / "results_13.json"
@@ -231,7 +231,7 @@ def fer_record(folder: RunFolder) -> dict | None:
 
 
 def short_hash(record: dict) -> str:
-    return f"best.pt {record['sha256'][:12]}..." if record.get("sha256") else "no hash kept"
+    return f"{BEST_CHECKPOINT} {record['sha256'][:12]}..." if record.get("sha256") else "no hash kept"
 
 
 def fer_row(label: str, record: dict | None) -> str:
