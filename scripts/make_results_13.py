@@ -254,7 +254,7 @@ MULTISEED = [("multiseed/emlf_vs_ce", {"loss.1.weight": 0}, "partial image, CE a
              ("multiseed/emlf_hard", {"loss.1.weight": 0.05}, "partial image, CE + EMLF hard (0.05, pos_margin 0.5)")]
 FER = [("au_partial", "fer2013_au_partial", "partial image (`au_partial`)"),
        ("full_face", "fer2013_full_face", "full face (`full_face`)"),
-       ("au_partial, 30 epochs", "fer2013_au_partial_30ep", "partial image, longer schedule (`--set train.epochs=30`)")]
+       ("full_face, long", "fer2013_full_face_long", "full face, longer schedule (step `long`)")]
 CROPS = (("au_partial", "partial image"), ("full_face", "full face"))
 # The ImageNet-only transfer cells are these tables' cells trained again (same recipe, seed and folds); only
 # their means were kept: CE alone (weight 0), CE + EMLF (weight 0.5).
@@ -474,8 +474,9 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " out, and PublicTest is evaluated once, at the end, for this table. The partial-image source is a rerun of"
         " the FER2013 table's `pidml_mobilenet96` run (same recipe and seed; 62.44% there): the difference between"
         " the two is run-to-run variation (this one was stopped and resumed across sessions, at other thread loads)."
-        " The longer schedule is the same recipe for 30 epochs (the script's last step; its cosine schedule spans"
-        " the 30 epochs, so it is its own run, not a continuation)."
+        " The longer schedule is the full-face recipe for `LONG_EPOCHS` epochs (30 unless set; the script's last"
+        " step, `STEPS=long`; its cosine schedule spans those epochs, so it is its own run, not a continuation):"
+        " the epochs column says how many it had."
         + (" A run trained again to its end on a later machine (its folder gone with the first) is another"
            " network: every training is listed, the earlier ones with their checkpoint's hash, and the differences"
            " between them are the recipe's run-to-run variation." if any(earlier.values()) else ""))

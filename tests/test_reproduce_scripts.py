@@ -101,7 +101,7 @@ def test_words_keep_the_callers_globbing_and_read_every_line(tmp_path):
     proc, calls = run_script(tmp_path, STEPS="au_partial\nlong")
     assert proc.returncode == 0, proc.stderr
     assert [option(c, "--out")[0] for c in calls] == ["out/fer2013_au_partial", "out/ck48_au_partial",
-                                                      "out/fer2013_au_partial_30ep"]
+                                                      "out/fer2013_full_face_long"]
     lib = REPO / "scripts" / "lib" / "words.sh"
     probe = (f"source {lib}; set -f; STEPS='b a'; words got STEPS step x a b; [[ $- == *f* ]] && echo noglob;"
              " set +f; words got STEPS step x a b; [[ $- != *f* ]] && echo glob; IFS=,; has b a b c && echo has;"
@@ -118,11 +118,12 @@ def test_extra_arguments_reach_every_run_and_ablation_unchanged(tmp_path):
     assert all(call[-4:] == ["--set", "train.epochs=2", "--set", "data.note=a b,c"] for call in calls)
 
 
-def test_the_long_step_is_one_30_epoch_run_of_its_own(tmp_path):
-    proc, calls = run_script(tmp_path, STEPS="long")
+@pytest.mark.parametrize("env, epochs", [({}, "30"), ({"LONG_EPOCHS": "18"}, "18")])
+def test_the_long_step_is_one_full_face_run_of_its_own_for_long_epochs(tmp_path, env, epochs):
+    proc, calls = run_script(tmp_path, STEPS="long", **env)
     assert proc.returncode == 0, proc.stderr
-    assert len(calls) == 1 and option(calls[0], "--out") == ["out/fer2013_au_partial_30ep"]
-    assert option(calls[0], "--set") == ["train.epochs=30"]
+    assert len(calls) == 1 and option(calls[0], "--out") == ["out/fer2013_full_face_long"]
+    assert option(calls[0], "--set") == ["crop.name=full_face", "crop.size=96", f"train.epochs={epochs}"]
 
 
 @pytest.mark.parametrize("env, message", [
@@ -137,6 +138,8 @@ def test_the_long_step_is_one_30_epoch_run_of_its_own(tmp_path):
     ({"LOSSES": "ce triplet"}, "unknown loss 'triplet'"),
     ({"LOSSES": " "}, "LOSSES is empty"),
     ({"OUT": "runs/a,b"}, "OUT='runs/a,b' holds a quote, backslash or comma"),
+    ({"LONG_EPOCHS": "0"}, "LONG_EPOCHS='0' is not a whole number of epochs"),
+    ({"LONG_EPOCHS": "ten"}, "LONG_EPOCHS='ten' is not a whole number of epochs"),
 ])
 def test_a_misspelt_step_or_source_stops_before_any_work(tmp_path, env, message):
     proc, calls = run_script(tmp_path, **env)
