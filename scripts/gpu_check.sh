@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
-[ -x .venv/bin/python ] || bash scripts/bootstrap.sh
+if [ ! -x .venv/bin/python ]; then
+  # A lent device machine has no network: scripts/device_setup.sh installs what device_pack.sh carried instead.
+  if [ -d .device ]; then bash scripts/device_setup.sh; else bash scripts/bootstrap.sh; fi
+fi
 .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU here: nothing to check')"
 export MPLBACKEND=Agg
 set +e
