@@ -24,7 +24,8 @@ done
   "${pins[@]}"
 tar -C "$DATA" -czf .device/fer2013.tar.gz fer2013
 # What travels: tracked and untracked-not-ignored files, and the carried .device/.
-tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null \
+# (A tracked file deleted from the work tree does not travel: stat's complaint about it is not an error here.)
+tree=$({ git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null || true; } \
        | awk '{s += $1} END {print s + 0}')
 packed=$(du -sb .device | cut -f1)
 total=$((tree + packed))

@@ -253,8 +253,26 @@ MULTISEED = [("multiseed/emlf_vs_ce", {"loss.1.weight": 0}, "partial image, CE a
              ("multiseed/full_face_ce", {"loss.1.weight": 0}, "full face, CE alone"),
              ("multiseed/emlf_hard", {"loss.1.weight": 0.05}, "partial image, CE + EMLF hard (0.05, pos_margin 0.5)")]
 FER = [("au_partial", "fer2013_au_partial", "partial image (`au_partial`)"),
-       ("full_face", "fer2013_full_face", "full face (`full_face`)"),
-       ("full_face, long", "fer2013_full_face_long", "full face, longer schedule (step `long`)")]
+       ("full_face", "fer2013_full_face", "full face (`full_face`)")]
+# The longer schedule (reproduce_transfer.sh step `long`): one folder and one row per length, since runs of different
+# lengths are different schedules; 30 epochs, the script's default, has a row even before it has run.
+LONG_EPOCHS = 30
+
+
+def long_key(epochs: int) -> str:
+    return f"full_face, {epochs} epochs"
+
+
+def fer_runs(archive: dict, transfer: Path) -> list[tuple[str, str, str]]:
+    """(archive key, folder, label) of each FER2013 row: the chains' sources, then every length of the longer
+    schedule found in the archive or on disk."""
+    lengths = {LONG_EPOCHS} | {int(key.split(", ")[1].split()[0]) for key in archive.get("fer2013", {})
+                               if key.startswith("full_face, ")}
+    if transfer.is_dir():
+        lengths |= {int(p.name.removeprefix("fer2013_full_face_")[:-2]) for p in transfer.glob("fer2013_full_face_*ep")
+                    if p.name.removeprefix("fer2013_full_face_")[:-2].isdigit()}
+    return FER + [(long_key(n), f"fer2013_full_face_{n}ep", f"full face, longer schedule (`LONG_EPOCHS={n}`)")
+                  for n in sorted(lengths)]
 CROPS = (("au_partial", "partial image"), ("full_face", "full face"))
 # The ImageNet-only transfer cells are these tables' cells trained again (same recipe, seed and folds); only
 # their means were kept: CE alone (weight 0), CE + EMLF (weight 0.5).
@@ -286,7 +304,7 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
                 # Summaries kept from folds whose detail is gone no longer describe the cell.
                 entry.pop("recorded", None)
                 changed.append(f"{table}: {label}, seed/fold {key}")
-    for key, folder, _ in FER:
+    for key, folder, _ in fer_runs(archive, transfer):
         record = fer_record(RunFolder(transfer / folder))
         old = archive.setdefault("fer2013", {}).get(key)
         if not record:
@@ -380,16 +398,18 @@ def section(archive: dict, transfer: Path) -> list[str]:
     # -- the runs -------------------------------------------------------------------------------------------
     multiseed = [cell_from(archive, table, label) for table, _, label in MULTISEED]
     ce, emlf, ff, hard = multiseed
-    fer = {key: (label, archive.get("fer2013", {}).get(key)) for key, _, label in FER}
+    fer = {key: (label, archive.get("fer2013", {}).get(key)) for key, _, label in fer_runs(archive, transfer)}
     chains = {crop: {(bool(values["model.init_from"]), values["loss.1.weight"]): cell_from(archive, table, label)
                      for table, values, label in transfer_cells(crop, transfer)} for crop, _ in CROPS}
 
     devices = sorted({d for c in [*multiseed, *(c for cells in chains.values() for c in cells.values())] for d in c.devices}
                      | {r["device"] for _, r in fer.values() if r})
     add(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()},"
-        f" {os.cpu_count()} CPU cores, no GPU. The runs' run.json record device {', '.join(devices) or '—'}: they"
+        f" {os.cpu_count()} CPU cores. The runs' run.json record device {', '.join(devices) or '—'}: the CPU runs"
         " trained on 2-core CPU machines like this one (some since gone), niced, sharing the cores with each other and"
-        " with the test suite. Accuracies are test accuracies of CK+48 10-fold cross-validation"
+        " with the test suite"
+        + ("; the others on a GPU machine lent for the run (the FER2013 table names the device)"
+           if any(not d.startswith("cpu") for d in devices) else "") + ". Accuracies are test accuracies of CK+48 10-fold cross-validation"
         " grouped by subject (no person in two folds) unless they say FER2013. Seed s draws its folds from"
         " train.seed + s, so the same seed gives the same folds in every cell and folder, and tests pair results by"
         " (seed, fold). A run still going is reported with the folds it has finished. Training time is the sum of the"
@@ -475,8 +495,8 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " the FER2013 table's `pidml_mobilenet96` run (same recipe and seed; 62.44% there): the difference between"
         " the two is run-to-run variation (this one was stopped and resumed across sessions, at other thread loads)."
         " The longer schedule is the full-face recipe for `LONG_EPOCHS` epochs (30 unless set; the script's last"
-        " step, `STEPS=long`; its cosine schedule spans those epochs, so it is its own run, not a continuation):"
-        " the epochs column says how many it had."
+        " step, `STEPS=long`, or `scripts/device_long.sh` on a GPU machine; its cosine schedule spans those epochs,"
+        " so it is its own run, not a continuation), one row per length."
         + (" A run trained again to its end on a later machine (its folder gone with the first) is another"
            " network: every training is listed, the earlier ones with their checkpoint's hash, and the differences"
            " between them are the recipe's run-to-run variation." if any(earlier.values()) else ""))

@@ -40,6 +40,7 @@ main() {
   OUT=${OUT:-runs/transfer}
   FER=recipes/pidml/fer2013_mobilenet_pretrained.toml
   CK=recipes/pidml/ck48_transfer_96.toml
+  FULL_FACE=(--set crop.name=full_face --set crop.size=96)
   extra=("$@")
   local steps froms losses step
   words steps STEPS step "nothing to do" au_partial full_face long
@@ -61,17 +62,23 @@ main() {
   for step in "${steps[@]}"; do
     case $step in
       au_partial) chain au_partial ;;
-      full_face) chain full_face --set crop.name=full_face --set crop.size=96 ;;
+      full_face) chain full_face "${FULL_FACE[@]}" ;;
       # FER2013 at a longer schedule: the full-face source's recipe (the better FER2013 crop, by 5 points at 10
       # epochs) for LONG_EPOCHS epochs, its own run (the cosine schedule spans train.epochs, so it is not a
       # continuation of the 10-epoch source). Last, because the chains do not need it. An epoch takes 6-8 min on
       # a 2-core CPU: 30 epochs outlast a 3-hour session, and run folders do not outlive a machine, so a CPU
-      # session sets LONG_EPOCHS to what it has time for (the report shows the epochs); a GPU needs minutes.
-      long) .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_full_face_long" --set crop.name=full_face \
-              --set crop.size=96 --set "train.epochs=$long_epochs" --resume ${extra[@]+"${extra[@]}"} ;;
+      # session sets LONG_EPOCHS to what it has time for; a GPU needs minutes. Each length is its own folder and
+      # report row: runs of different lengths are different schedules, not run-to-run variation.
+      long) .venv/bin/fermetric run "$FER" --out "$OUT/fer2013_full_face_${long_epochs}ep" "${FULL_FACE[@]}" \
+              --set "train.epochs=$long_epochs" --resume ${extra[@]+"${extra[@]}"} ;;
     esac
   done
 }
 
+# A SIGTERM or Ctrl-C reaches the fermetric run too, which saves its state and writes its final status: wait for
+# it (a trap runs once the command in hand ends) rather than die at once, so whoever stopped the script (timeout in
+# scripts/device_long.sh, a scheduler) finds the run folder finished with.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # Everything is in functions, read before the first runs: the script can be edited while a run goes on.
 main "$@"; exit

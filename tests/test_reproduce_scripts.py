@@ -101,7 +101,7 @@ def test_words_keep_the_callers_globbing_and_read_every_line(tmp_path):
     proc, calls = run_script(tmp_path, STEPS="au_partial\nlong")
     assert proc.returncode == 0, proc.stderr
     assert [option(c, "--out")[0] for c in calls] == ["out/fer2013_au_partial", "out/ck48_au_partial",
-                                                      "out/fer2013_full_face_long"]
+                                                      "out/fer2013_full_face_30ep"]
     lib = REPO / "scripts" / "lib" / "words.sh"
     probe = (f"source {lib}; set -f; STEPS='b a'; words got STEPS step x a b; [[ $- == *f* ]] && echo noglob;"
              " set +f; words got STEPS step x a b; [[ $- != *f* ]] && echo glob; IFS=,; has b a b c && echo has;"
@@ -122,7 +122,9 @@ def test_extra_arguments_reach_every_run_and_ablation_unchanged(tmp_path):
 def test_the_long_step_is_one_full_face_run_of_its_own_for_long_epochs(tmp_path, env, epochs):
     proc, calls = run_script(tmp_path, STEPS="long", **env)
     assert proc.returncode == 0, proc.stderr
-    assert len(calls) == 1 and option(calls[0], "--out") == ["out/fer2013_full_face_long"]
+    # Each length has its own folder (and report row): 18 and 30 epochs are two schedules, not two trainings of one.
+    assert len(calls) == 1 and option(calls[0], "--out") == [f"out/fer2013_full_face_{epochs}ep"]
+    assert calls[0][:2] == ["run", "recipes/pidml/fer2013_mobilenet_pretrained.toml"] and "--resume" in calls[0]
     assert option(calls[0], "--set") == ["crop.name=full_face", "crop.size=96", f"train.epochs={epochs}"]
 
 
