@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import tomllib
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -168,26 +168,30 @@ class Runner:
             self.log(f"{self.out}: already finished, skipped")
             return self.folder.metrics()
         finished_together = False
+        # Only rank 0 owns the folder (lock, recipe.toml, run.json, log.txt); every rank trains. The lock is let go
+        # last, after the handlers below have written the final status: whoever waits for the folder (a --resume,
+        # scripts/device_long.sh) must find "interrupted" or "failed", not "running", and never have it written
+        # over its own run's status.
+        folder_lock = ExitStack()
         try:
-            # Only rank 0 owns the folder (lock, recipe.toml, run.json, log.txt); every rank trains.
-            with self.folder.lock() if self.main else nullcontext():
-                if self.main:
-                    self._check_folder()
-                    self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
-                    self._log_file = self.folder.log_file.open("a")
-                    self._log_file.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
-                self.run_info = {
-                    "fermetric": __version__, "recipe_file": self.recipe_path, "command": " ".join(sys.argv),
-                    "overrides": self.overrides, "recipe_digest": self.digest, "seed": self.seed, "device": str(self.device),
-                    "processes": self.ctx.world_size, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "status": Status.RUNNING,
-                }
-                if self.main:
-                    write_json(self.run_info, self.folder.run_file)
-                with _sigterm_as_interrupt():
-                    metrics = run_guarded(self._run, self.ctx, only_fold)
-                finished_together = True
-                return metrics
+            if self.main:
+                folder_lock.enter_context(self.folder.lock())
+                self._check_folder()
+                self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
+                self._log_file = self.folder.log_file.open("a")
+                self._log_file.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
+            self.run_info = {
+                "fermetric": __version__, "recipe_file": self.recipe_path, "command": " ".join(sys.argv),
+                "overrides": self.overrides, "recipe_digest": self.digest, "seed": self.seed, "device": str(self.device),
+                "processes": self.ctx.world_size, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "status": Status.RUNNING,
+            }
+            if self.main:
+                write_json(self.run_info, self.folder.run_file)
+            with _sigterm_as_interrupt():
+                metrics = run_guarded(self._run, self.ctx, only_fold)
+            finished_together = True
+            return metrics
         except KeyboardInterrupt as exc:
             if self.run_info:
                 signal_name = ("SIGTERM" if isinstance(exc, Terminated) or getattr(exc, "exit_code", 130) == 143 else "Ctrl-C")
@@ -202,11 +206,12 @@ class Runner:
                 self._finish(Status.FAILED, f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
-            # Ranks that all finished leave together; after a failure the others are not coming to a barrier.
-            self.ctx.destroy(wait_for_peers=finished_together)
+            with folder_lock:
+                if self._log_file is not None:
+                    self._log_file.close()
+                    self._log_file = None
+                # Ranks that all finished leave together; after a failure the others are not coming to a barrier.
+                self.ctx.destroy(wait_for_peers=finished_together)
 
     def _run(self, only_fold: int | None) -> dict[str, Any]:
         seed_everything(self.seed)

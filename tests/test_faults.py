@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,23 @@ def test_interrupted_run_has_a_final_status_a_log_and_a_hint_with_its_overrides(
     assert "epoch 1/3" in log and "interrupted" in log
     hint = capsys.readouterr().err.split("continue with: ")[-1].strip()
     assert hint.endswith("--resume") and all(shlex.quote(o) in hint or o in hint for o in overrides)
+
+
+def test_the_final_status_is_written_before_the_folder_is_let_go(tmp_path, host, monkeypatch):
+    # Whoever waits for the folder (a --resume, scripts/device_long.sh) must find the final status, not "running".
+    at_release, real_lock = [], RunFolder.lock
+
+    @contextmanager
+    def noting_lock(self):
+        with real_lock(self) as folder:
+            try:
+                yield folder
+            finally:
+                at_release.append(self.status())
+
+    monkeypatch.setattr(RunFolder, "lock", noting_lock)
+    _killed_run(tmp_path, host)
+    assert at_release == ["interrupted"]
 
 
 def test_a_failure_is_a_final_failed_status_with_the_reason(tmp_path, monkeypatch):
