@@ -18,6 +18,8 @@ RUNS=${RUNS:-/tmp/fermetric-runs}
 export LONG_EPOCHS=${LONG_EPOCHS:-30} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 bash scripts/device_setup.sh || exit
 DEADLINE=${DEADLINE:-$((520 - SECONDS))}
+# (timeout takes 0 as no limit at all.)
+((DEADLINE > 0)) || { echo "device_long.sh: no time left after the set-up (${SECONDS} s)" >&2; exit 1; }
 echo "device_long.sh: set-up took ${SECONDS} s; $LONG_EPOCHS epochs, stopped at $DEADLINE s if not done"
 # reproduce_transfer.sh waits for fermetric to write its final status before it exits on the signal.
 timeout -k 30 -s TERM "$DEADLINE" env STEPS=long OUT="$RUNS" bash scripts/reproduce_transfer.sh \
