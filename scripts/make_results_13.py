@@ -227,7 +227,7 @@ def fer_record(folder: RunFolder) -> dict | None:
             "val_accuracy": float(best["val_accuracy"]), "accuracy": float(metrics["accuracy"]) if finished else None,
             "macro_f1": float(metrics["macro_f1"]) if finished else None,
             "train_seconds": sum(float(r.get("seconds") or 0) for r in history), "device": str(info.get("device", "?")),
-            "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
+            "started": info.get("started"), "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
 
 
 def short_hash(record: dict) -> str:
@@ -313,6 +313,14 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
             continue  # a run started again from nothing replaces a finished one only once it has finished
         if old and old.get("sha256") and not record["sha256"] and not another_training(old, record):
             record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
+        if old and old.get("same_checkpoint"):
+            record["same_checkpoint"] = old["same_checkpoint"]
+        if (old and record["sha256"] and record["sha256"] == old.get("sha256") and record["started"]
+                and record["started"][:10] > (old.get("started") or old.get("seen") or "")[:10]):
+            # Started after the kept training was last seen finished, yet the same checkpoint bit for bit: the recipe
+            # trained again and reproduced itself. Each training's start is kept (the oldest known by when it was seen).
+            record["same_checkpoint"] = sorted({*old.get("same_checkpoint", [old.get("started") or old["seen"]]),
+                                                record["started"]})
         if {k: v for k, v in record.items() if k != "seen"} != {k: v for k, v in (old or {}).items() if k != "seen"}:
             store = archive.setdefault("fer2013_earlier", {})
             earlier = store.get(key, [])
@@ -509,6 +517,14 @@ def section(archive: dict, transfer: Path) -> list[str]:
         for old in earlier.get(key, []):  # the same recipe trained before: run-to-run variation, side by side
             add(fer_row(f"{label}, earlier training ({short_hash(old)})", old))
     add("")
+    for key, (label, record) in fer.items():
+        if record and len(record.get("same_checkpoint", [])) > 1:
+            days = [d[:10] for d in record["same_checkpoint"]]
+            add(f"- {label}: trained {len(days)} times ({', '.join(days)}), each time to the same {short_hash(record)}"
+                f" bit for bit, so its figures are the recipe's on these machines (the training time is the last"
+                f" training's).")
+    if any(len((r or {}).get("same_checkpoint", [])) > 1 for _, r in fer.values()):
+        add("")
 
     # -- transfer --------------------------------------------------------------------------------------------
     add("### Transfer: ImageNet -> FER2013 -> CK+48")

@@ -274,6 +274,23 @@ def test_trainings_seen_in_turn_are_kept_once_and_a_missing_hash_loses_nothing(r
     assert "earlier training (best.pt " in text and "every training is listed" in text
 
 
+def test_a_source_trained_again_to_the_same_checkpoint_is_said_to_reproduce_once(report, tmp_path):
+    root, archive = tmp_path / "transfer", {}
+    _fer_run(root / "fer2013_full_face", 2, finished=True, weights=b"A")
+    run = RunFolder(root / "fer2013_full_face")
+    for started in ("2026-12-02T01:00:00+00:00", "2026-12-02T01:00:00+00:00", "2026-12-07T02:55:00+00:00"):
+        # The same folder seen twice, then a new training (a later start) with the same bytes.
+        write_json({"status": "finished", "device": "cpu", "started": started}, run.run_file)
+        report.update_archive(archive, tmp_path, root)
+    record = archive["fer2013"]["full_face"]
+    assert record["same_checkpoint"] == ["2026-12-02T01:00:00+00:00", "2026-12-07T02:55:00+00:00"]
+    assert "fer2013_earlier" not in archive  # one network, not two trainings to compare
+    report.update_archive(archive, tmp_path, root)  # seen again: nothing more
+    assert archive["fer2013"]["full_face"] == record
+    text = "\n".join(report.section(archive, root))
+    assert "trained 2 times (2026-12-02, 2026-12-07), each time to the same best.pt" in text
+
+
 def test_a_cell_without_hashes_beside_a_hashed_one_is_not_said_to_share_its_source(report, transfer, tmp_path):
     root, sha = transfer
     archive: dict = {}
