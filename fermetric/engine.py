@@ -206,12 +206,12 @@ class Runner:
                 self._finish(Status.FAILED, f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            with folder_lock:
+            with folder_lock:  # the final status is written by now; a hanging teardown must not hold the folder
                 if self._log_file is not None:
                     self._log_file.close()
                     self._log_file = None
-                # Ranks that all finished leave together; after a failure the others are not coming to a barrier.
-                self.ctx.destroy(wait_for_peers=finished_together)
+            # Ranks that all finished leave together; after a failure the others are not coming to a barrier.
+            self.ctx.destroy(wait_for_peers=finished_together)
 
     def _run(self, only_fold: int | None) -> dict[str, Any]:
         seed_everything(self.seed)

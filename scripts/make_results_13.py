@@ -311,16 +311,18 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
             continue
         if old and old.get("accuracy") is not None and record["accuracy"] is None:
             continue  # a run started again from nothing replaces a finished one only once it has finished
+        measured = record["sha256"]
         if old and old.get("sha256") and not record["sha256"] and not another_training(old, record):
             record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
-        if old and old.get("same_checkpoint"):
+        if old and old.get("same_checkpoint") and record["sha256"] == old.get("sha256"):
             record["same_checkpoint"] = old["same_checkpoint"]
-        if (old and record["sha256"] and record["sha256"] == old.get("sha256") and record["started"]
-                and record["started"][:10] > (old.get("started") or old.get("seen") or "")[:10]):
-            # Started after the kept training was last seen finished, yet the same checkpoint bit for bit: the recipe
-            # trained again and reproduced itself. Each training's start is kept (the oldest known by when it was seen).
-            record["same_checkpoint"] = sorted({*old.get("same_checkpoint", [old.get("started") or old["seen"]]),
-                                                record["started"]})
+        if old and measured and measured == old.get("sha256") and record["started"]:
+            # Another start (for a record kept without one: a start after it was last seen finished), yet the same
+            # checkpoint bit for bit: the recipe trained again and reproduced itself. Each training's start is kept.
+            first = old.get("started")
+            if record["started"] != first if first else record["started"][:10] > (old.get("seen") or ""):
+                record["same_checkpoint"] = sorted({*old.get("same_checkpoint", [first or old["seen"]]),
+                                                    record["started"]})
         if {k: v for k, v in record.items() if k != "seen"} != {k: v for k, v in (old or {}).items() if k != "seen"}:
             store = archive.setdefault("fer2013_earlier", {})
             earlier = store.get(key, [])

@@ -289,6 +289,12 @@ def test_a_source_trained_again_to_the_same_checkpoint_is_said_to_reproduce_once
     assert archive["fer2013"]["full_face"] == record
     text = "\n".join(report.section(archive, root))
     assert "trained 2 times (2026-12-02, 2026-12-07), each time to the same best.pt" in text
+    # A later training to another checkpoint claims none of that; the reproduced one stays, as an earlier training.
+    run.best_checkpoint.write_bytes(b"B")
+    write_json({"status": "finished", "device": "cpu", "started": "2026-12-09T00:00:00+00:00"}, run.run_file)
+    report.update_archive(archive, tmp_path, root)
+    assert "same_checkpoint" not in archive["fer2013"]["full_face"]
+    assert archive["fer2013_earlier"]["full_face"][0]["same_checkpoint"] == record["same_checkpoint"]
 
 
 def test_a_cell_without_hashes_beside_a_hashed_one_is_not_said_to_share_its_source(report, transfer, tmp_path):
