@@ -169,7 +169,7 @@ class Runner:
             return self.folder.metrics()
         finished_together = False
         # Only rank 0 owns the folder (lock, recipe.toml, run.json, log.txt); every rank trains. The lock is let go
-        # last, after the handlers below have written the final status: whoever waits for the folder (a --resume,
+        # only after the handlers below have written the final status: whoever waits for the folder (a --resume,
         # scripts/device_long.sh) must find "interrupted" or "failed", not "running", and never have it written
         # over its own run's status.
         folder_lock = ExitStack()

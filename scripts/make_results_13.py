@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -259,19 +260,16 @@ FER = [("au_partial", "fer2013_au_partial", "partial image (`au_partial`)"),
 LONG_EPOCHS = 30
 
 
-def long_key(epochs: int) -> str:
-    return f"full_face, {epochs} epochs"
+LONG_KEY, LONG_FOLDER = "full_face, {} epochs", "fer2013_full_face_{}ep"  # archive key, run folder (the script's)
 
 
 def fer_runs(archive: dict, transfer: Path) -> list[tuple[str, str, str]]:
     """(archive key, folder, label) of each FER2013 row: the chains' sources, then every length of the longer
     schedule found in the archive or on disk."""
-    lengths = {LONG_EPOCHS} | {int(key.split(", ")[1].split()[0]) for key in archive.get("fer2013", {})
-                               if key.startswith("full_face, ")}
-    if transfer.is_dir():
-        lengths |= {int(p.name.removeprefix("fer2013_full_face_")[:-2]) for p in transfer.glob("fer2013_full_face_*ep")
-                    if p.name.removeprefix("fer2013_full_face_")[:-2].isdigit()}
-    return FER + [(long_key(n), f"fer2013_full_face_{n}ep", f"full face, longer schedule (`LONG_EPOCHS={n}`)")
+    names = [*archive.get("fer2013", {}), *(p.name for p in transfer.glob(LONG_FOLDER.format("*")))]
+    patterns = [re.compile(re.escape(pattern).replace(r"\{\}", r"(\d+)") + "$") for pattern in (LONG_KEY, LONG_FOLDER)]
+    lengths = {LONG_EPOCHS} | {int(m[1]) for name in names for pattern in patterns if (m := pattern.match(name))}
+    return FER + [(LONG_KEY.format(n), LONG_FOLDER.format(n), f"full face, longer schedule (`LONG_EPOCHS={n}`)")
                   for n in sorted(lengths)]
 CROPS = (("au_partial", "partial image"), ("full_face", "full face"))
 # The ImageNet-only transfer cells are these tables' cells trained again (same recipe, seed and folds); only
@@ -519,13 +517,13 @@ def section(archive: dict, transfer: Path) -> list[str]:
         for old in earlier.get(key, []):  # the same recipe trained before: run-to-run variation, side by side
             add(fer_row(f"{label}, earlier training ({short_hash(old)})", old))
     add("")
-    for key, (label, record) in fer.items():
-        if record and len(record.get("same_checkpoint", [])) > 1:
-            days = [d[:10] for d in record["same_checkpoint"]]
-            add(f"- {label}: trained {len(days)} times ({', '.join(days)}), each time to the same {short_hash(record)}"
-                f" bit for bit, so its figures are the recipe's on these machines (the training time is the last"
-                f" training's).")
-    if any(len((r or {}).get("same_checkpoint", [])) > 1 for _, r in fer.values()):
+    reproduced = [(label, [d[:10] for d in record["same_checkpoint"]], record) for label, record in fer.values()
+                  if record and len(record.get("same_checkpoint", [])) > 1]
+    for label, days, record in reproduced:
+        add(f"- {label}: trained {len(days)} times ({', '.join(days)}), each time to the same {short_hash(record)}"
+            f" bit for bit, so its figures are the recipe's on these machines (the training time is the last"
+            f" training's).")
+    if reproduced:
         add("")
 
     # -- transfer --------------------------------------------------------------------------------------------

@@ -33,6 +33,16 @@ def bash(root: Path, script: str, **env: str) -> subprocess.CompletedProcess:
                           env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
 
 
+def this_python_as_venv(root: Path) -> Path:
+    """``.venv/bin/python`` in ``root`` running this test's Python, which has fermetric (a link to it would lose its
+    venv)."""
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 @pytest.mark.parametrize("pack", [False, True])
 def test_setup_without_the_pack_says_to_make_it(tmp_path, pack):
     root = tree(tmp_path, "device_setup.sh")
@@ -83,13 +93,9 @@ def test_long_stops_at_its_deadline_and_hands_back_the_runs_final_status(tmp_pat
     root = tree(tmp_path, "device_long.sh", "reproduce_transfer.sh")
     shutil.copytree(REPO / "scripts" / "lib", root / "scripts" / "lib")
     (root / "scripts" / "device_setup.sh").write_text("exit 0\n")
-    bin_ = root / ".venv" / "bin"
-    bin_.mkdir(parents=True)
-    # This test's Python, which has fermetric (a link to it would lose its venv).
-    for name, text in (("python", f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'),
-                       ("fermetric", f"#!{sys.executable}\n{SLOW_STOP}")):
-        (bin_ / name).write_text(text)
-        (bin_ / name).chmod(0o755)
+    fermetric = this_python_as_venv(root).with_name("fermetric")
+    fermetric.write_text(f"#!{sys.executable}\n{SLOW_STOP}")
+    fermetric.chmod(0o755)
     back = tmp_path / "back"
     proc = bash(root, "device_long.sh", OUT=str(back), RUNS=str(tmp_path / "runs"), DEADLINE="2", LONG_EPOCHS="12")
     # 3, not timeout's 124, which the device tool would read as its own time-out.
@@ -104,9 +110,6 @@ def test_long_says_when_the_step_never_began(tmp_path):
     root = tree(tmp_path, "device_long.sh")
     (root / "scripts" / "device_setup.sh").write_text("exit 0\n")
     (root / "scripts" / "reproduce_transfer.sh").write_text("exit 2\n")  # e.g. a recipe error, before any run
-    python = root / ".venv" / "bin" / "python"
-    python.parent.mkdir(parents=True)
-    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    python.chmod(0o755)
+    this_python_as_venv(root)
     proc = bash(root, "device_long.sh", OUT=str(tmp_path / "back"), RUNS=str(tmp_path / "runs"))
     assert proc.returncode == 1 and "the step stopped before it began" in proc.stderr
