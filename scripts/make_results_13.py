@@ -228,7 +228,19 @@ def fer_record(folder: RunFolder) -> dict | None:
             "val_accuracy": float(best["val_accuracy"]), "accuracy": float(metrics["accuracy"]) if finished else None,
             "macro_f1": float(metrics["macro_f1"]) if finished else None,
             "train_seconds": sum(float(r.get("seconds") or 0) for r in history), "device": str(info.get("device", "?")),
-            "started": info.get("started"), "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
+            "started": info.get("started"), "wall_seconds": wall_seconds(folder, info) if finished else None,
+            "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
+
+
+def wall_seconds(folder: RunFolder, info: dict) -> float | None:
+    """Start to finish of a run done in one command (run.json's start is the last command's: a resumed run's wall
+    time is not known), data loading and evaluation included."""
+    try:
+        commands = sum(line.startswith("--- ") for line in folder.log_file.read_text(encoding="utf-8").splitlines())
+        span = datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return span.total_seconds() if commands == 1 else None
 
 
 def short_hash(record: dict) -> str:
@@ -239,6 +251,8 @@ def fer_row(label: str, record: dict | None) -> str:
     if not record:
         return f"| {label} | not run yet | — | — | — | — |"
     time = record.get("training_time") or hours(record["train_seconds"])
+    if record.get("wall_seconds"):
+        time += f" ({hours(record['wall_seconds'])} wall)"
     selected = f"{record['selected_epoch']} of {record['epochs']} ({100 * record['val_accuracy']:.2f}%)"
     if record["accuracy"] is not None:
         return (f"| {label} | {record['epochs']} | {selected} | **{100 * record['accuracy']:.2f}** |"
@@ -421,7 +435,8 @@ def section(archive: dict, transfer: Path) -> list[str]:
         " grouped by subject (no person in two folds) unless they say FER2013. Seed s draws its folds from"
         " train.seed + s, so the same seed gives the same folds in every cell and folder, and tests pair results by"
         " (seed, fold). A run still going is reported with the folds it has finished. Training time is the sum of the"
-        " epochs' seconds (evaluation and pauses excluded). The run folders do not outlive a machine: each finished"
+        " epochs' seconds (evaluation and pauses excluded); wall time, where shown, is a FER2013 run's start to finish"
+        " when it ran in one command (data loading and evaluation included). The run folders do not outlive a machine: each finished"
         " fold's numbers are kept in docs/results_13.json, which this section is written from (" 
         + archive.get("about_recorded", "") + ").")
     add("")
@@ -439,17 +454,18 @@ def section(archive: dict, transfer: Path) -> list[str]:
             if n == FOLDS and mean > best_ck[0]:
                 best_ck = (mean, f"{c.label}, {crop}, 96x96 (the transfer tables below, one seed)")
     best_fer = EARLIER["FER2013"]
-    for key, (_, record) in fer.items():
-        trainings = [r for r in [*earlier.get(key, []), record] if r and r["accuracy"] is not None]
-        for r in trainings:
-            if r["accuracy"] > best_fer[0]:
-                # Picking the best of several trainings of one recipe on PublicTest flatters it: the others are named.
-                others = [f"{100 * o['accuracy']:.2f}%" for o in trainings if o is not r]
-                row = (f"the FER2013 {key} run below" if r is record else
-                       f"the earlier FER2013 {key} training below ({short_hash(r)})")
-                best_fer = (r["accuracy"], f"{row} (MobileNetV2, 96x96, ImageNet start)"
-                            + (f"; the best of {len(trainings)} trainings of that recipe (the"
-                               f" other{'s' if len(others) > 1 else ''}: {', '.join(others)})" if others else ""))
+    # Every PublicTest figure of the FER2013 table below, each training of each row: picking the best of them on
+    # PublicTest flatters it, so the goal's row names the others.
+    candidates = [(r["accuracy"], (f"the FER2013 row \"{label}\" below" if r is record else
+                                   f"the earlier training of the FER2013 row \"{label}\" below ({short_hash(r)})"))
+                  for key, (label, record) in fer.items()
+                  for r in [*earlier.get(key, []), record] if r and r["accuracy"] is not None]
+    if candidates and max(candidates)[0] > best_fer[0]:
+        accuracy, row = max(candidates, key=lambda c: c[0])
+        others = [f"{100 * a:.2f}%" for a, _ in sorted(candidates, key=lambda c: -c[0])[1:]]
+        best_fer = (accuracy, f"{row} (MobileNetV2, 96x96, ImageNet start)"
+                    + (f"; the best of {len(candidates)} PublicTest figures in that table (the"
+                       f" other{'s' if len(others) > 1 else ''}: {', '.join(others)})" if others else ""))
     add("### Against the goals")
     add("")
     add("| goal | target | best honest figure | gap | where |")

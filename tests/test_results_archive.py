@@ -247,9 +247,15 @@ def test_a_source_trained_again_keeps_the_first_training_and_each_cell_names_its
     # The goal's figure, when it is the better of the two trainings, points at its row and names the other.
     archive["fer2013_earlier"]["full_face"][0]["accuracy"] = 0.7
     text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
-    assert (f"| 70.00% | -3.50 points (**not met**) | the earlier FER2013 full_face training below (best.pt {first[:12]}"
-            "...) (MobileNetV2, 96x96, ImageNet start); the best of 2 trainings of that recipe (the other: 60.00%) |"
-            ) in text
+    assert ("| 70.00% | -3.50 points (**not met**) | the earlier training of the FER2013 row \"full face (`full_face`)\""
+            f" below (best.pt {first[:12]}...) (MobileNetV2, 96x96, ImageNet start); the best of 2 PublicTest figures"
+            " in that table (the other: 60.00%) |") in text
+    # A longer schedule that does better is picked from every row's figures, and names them all.
+    archive["fer2013"]["full_face, 16 epochs"] = dict(archive["fer2013"]["full_face"], accuracy=0.72)
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert ("| 72.00% | -1.50 points (**not met**) | the FER2013 row \"full face, longer schedule (`LONG_EPOCHS=16`)\""
+            " below (MobileNetV2, 96x96, ImageNet start); the best of 3 PublicTest figures in that table (the others:"
+            " 70.00%, 60.00%) |") in text
 
 
 def test_trainings_seen_in_turn_are_kept_once_and_a_missing_hash_loses_nothing(report, tmp_path):
@@ -325,3 +331,25 @@ def test_a_cell_that_mixes_trainings_is_left_out_of_the_goals_and_a_clean_one_co
     text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
     assert "| CK+48, 10-fold by subject | 98.5% | 99.00% | +0.50 points (met) | from FER2013, CE alone, full_face," in text
     assert "**the folds of CE + EMLF (0.5) started from 2 different FER2013 trainings**" in text
+
+
+def test_wall_time_is_reported_only_for_a_run_done_in_one_command(report, tmp_path):
+    # run.json's start is the last command's, so a resumed run's start-to-finish would hide its earlier part.
+    root = tmp_path / "transfer"
+    folder = root / "fer2013_full_face"
+    _fer_run(folder, 2, finished=True)
+    run = RunFolder(folder)
+    write_json({"status": "finished", "device": "cpu", "started": "2026-12-07T05:00:00+00:00",
+                "finished": "2026-12-07T06:30:00+00:00"}, run.run_file)
+    run.log_file.write_text("--- 2026-12-07T05:00:00+00:00: fermetric run r.toml\nepoch 1/2\n", encoding="utf-8")
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    assert archive["fer2013"]["full_face"]["wall_seconds"] == 5400
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "| **60.00** | 55.00 | 2 min (1.5 h wall) on cpu |" in text
+
+    with run.log_file.open("a", encoding="utf-8") as log:
+        log.write("--- 2026-12-07T06:00:00+00:00: fermetric run r.toml --resume\n")
+    assert report.fer_record(run)["wall_seconds"] is None
+    run.log_file.unlink()
+    assert report.fer_record(run)["wall_seconds"] is None
