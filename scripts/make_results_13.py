@@ -234,7 +234,8 @@ def fer_record(folder: RunFolder) -> dict | None:
 
 def wall_seconds(folder: RunFolder, info: dict) -> float | None:
     """Start to finish of a run done in one command (run.json's start is the last command's: a resumed run's wall
-    time is not known), data loading and evaluation included."""
+    time is not known, nor, on the safe side, that of a run whose folder saw a command fail before it trained), data
+    loading and evaluation included."""
     try:
         commands = sum(line.startswith("--- ") for line in folder.log_file.read_text(encoding="utf-8").splitlines())
         span = datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])
@@ -326,6 +327,9 @@ def update_archive(archive: dict, multiseed: Path, transfer: Path) -> list[str]:
         measured = record["sha256"]
         if old and old.get("sha256") and not record["sha256"] and not another_training(old, record):
             record["sha256"] = old["sha256"]  # the same run, its checkpoints since removed
+        if old and record["wall_seconds"] is None and record["started"] == old.get("started") \
+                and not another_training(old, record):
+            record["wall_seconds"] = old.get("wall_seconds")  # the same command, its log.txt since removed
         if old and old.get("same_checkpoint") and record["sha256"] == old.get("sha256"):
             record["same_checkpoint"] = old["same_checkpoint"]
         if old and measured and measured == old.get("sha256") and record["started"]:
@@ -460,7 +464,7 @@ def section(archive: dict, transfer: Path) -> list[str]:
                                    f"the earlier training of the FER2013 row \"{label}\" below ({short_hash(r)})"))
                   for key, (label, record) in fer.items()
                   for r in [*earlier.get(key, []), record] if r and r["accuracy"] is not None]
-    if candidates and max(candidates)[0] > best_fer[0]:
+    if candidates and max(a for a, _ in candidates) > best_fer[0]:
         accuracy, row = max(candidates, key=lambda c: c[0])
         others = [f"{100 * a:.2f}%" for a, _ in sorted(candidates, key=lambda c: -c[0])[1:]]
         best_fer = (accuracy, f"{row} (MobileNetV2, 96x96, ImageNet start)"

@@ -353,3 +353,36 @@ def test_wall_time_is_reported_only_for_a_run_done_in_one_command(report, tmp_pa
     assert report.fer_record(run)["wall_seconds"] is None
     run.log_file.unlink()
     assert report.fer_record(run)["wall_seconds"] is None
+    # The same command seen again without its log: the wall time measured before is kept, not wiped.
+    report.update_archive(archive, tmp_path, root)
+    assert archive["fer2013"]["full_face"]["wall_seconds"] == 5400
+
+    # A record kept before wall times were measured keeps what it had, and shows no wall time.
+    del archive["fer2013"]["full_face"]["wall_seconds"]
+    archive["fer2013"]["full_face"]["same_checkpoint"] = ["2026-12-01", "2026-12-07T05:00:00+00:00"]
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "| **60.00** | 55.00 | 2 min on cpu |" in text
+    report.update_archive(archive, tmp_path, root)  # its folder seen again, by a report that measures wall times
+    assert archive["fer2013"]["full_face"]["same_checkpoint"] == ["2026-12-01", "2026-12-07T05:00:00+00:00"]
+    assert "fer2013_earlier" not in archive
+
+
+def test_the_fer2013_goal_is_picked_from_every_row_and_names_the_others(report, tmp_path):
+    # Choosing the highest PublicTest figure among rows flatters it: every other figure is named beside it.
+    root = tmp_path / "transfer"
+    _fer_run(root / "fer2013_au_partial", 2, finished=True, weights=b"partial")
+    _fer_run(root / "fer2013_full_face", 2, finished=True, weights=b"full")
+    _fer_run(root / "fer2013_full_face_16ep", 16, finished=True, weights=b"long")
+    archive: dict = {}
+    report.update_archive(archive, tmp_path, root)
+    archive["fer2013"]["au_partial"]["accuracy"] = 0.71
+    archive["fer2013"]["full_face, 16 epochs"]["accuracy"] = 0.69
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert ("| 71.00% | -2.50 points (**not met**) | the FER2013 row \"partial image (`au_partial`)\" below"
+            " (MobileNetV2, 96x96, ImageNet start); the best of 3 PublicTest figures in that table (the others:"
+            " 69.00%, 60.00%) |") in text
+    # A tie names the first row in the table's order, and lists the equal figure among the others.
+    archive["fer2013"]["full_face"]["accuracy"] = 0.71
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "the FER2013 row \"partial image (`au_partial`)\" below" in text
+    assert "the best of 3 PublicTest figures in that table (the others: 71.00%, 69.00%) |" in text
