@@ -458,18 +458,24 @@ def section(archive: dict, transfer: Path) -> list[str]:
             if n == FOLDS and mean > best_ck[0]:
                 best_ck = (mean, f"{c.label}, {crop}, 96x96 (the transfer tables below, one seed)")
     best_fer = EARLIER["FER2013"]
-    # Every PublicTest figure of the FER2013 table below, each training of each row: picking the best of them on
-    # PublicTest flatters it, so the goal's row names the others.
-    candidates = [(r["accuracy"], (f"the FER2013 row \"{label}\" below" if r is record else
-                                   f"the earlier training of the FER2013 row \"{label}\" below ({short_hash(r)})"))
+    # Every finished training of every row of the FER2013 table below. The goal's figure is the PublicTest accuracy
+    # of the one with the best held-out Training accuracy (the first in the table's order on a tie), as each run's
+    # epoch is chosen: picking the highest PublicTest figure would select on the test set. The others are named.
+    candidates = [(r["val_accuracy"], r["accuracy"],
+                   f"the FER2013 row \"{label}\" below" if r is record else
+                   f"the earlier training of the FER2013 row \"{label}\" below ({short_hash(r)})")
                   for key, (label, record) in fer.items()
                   for r in [*earlier.get(key, []), record] if r and r["accuracy"] is not None]
-    if candidates and max(a for a, _ in candidates) > best_fer[0]:
-        accuracy, row = max(candidates, key=lambda c: c[0])
-        others = [f"{100 * a:.2f}%" for a, _ in sorted(candidates, key=lambda c: -c[0])[1:]]
-        best_fer = (accuracy, f"{row} (MobileNetV2, 96x96, ImageNet start)"
-                    + (f"; the best of {len(candidates)} PublicTest figures in that table (the"
-                       f" other{'s' if len(others) > 1 else ''}: {', '.join(others)})" if others else ""))
+    if candidates:
+        chosen = max(candidates, key=lambda c: c[0])
+        val, accuracy, row = chosen
+        others = [f"{100 * a:.2f}%" for _, a, _ in sorted((c for c in candidates if c is not chosen),
+                                                            key=lambda c: -c[1])]
+        if accuracy > best_fer[0]:
+            best_fer = (accuracy, f"{row} (MobileNetV2, 96x96, ImageNet start), chosen on held-out Training"
+                        f" ({100 * val:.2f}%), not on PublicTest"
+                        + (f", among {len(candidates)} trainings in that table (PublicTest of the"
+                           f" other{'s' if len(others) > 1 else ''}: {', '.join(others)})" if others else ""))
     add("### Against the goals")
     add("")
     add("| goal | target | best honest figure | gap | where |")

@@ -244,18 +244,13 @@ def test_a_source_trained_again_keeps_the_first_training_and_each_cell_names_its
     # Seen again, nothing changes: the earlier training is kept once.
     assert report.update_archive(archive, tmp_path, root) == []
     assert len(archive["fer2013_earlier"]["full_face"]) == 1
-    # The goal's figure, when it is the better of the two trainings, points at its row and names the other.
-    archive["fer2013_earlier"]["full_face"][0]["accuracy"] = 0.7
+    # The goal's figure, when the earlier training did better on held-out Training, is its PublicTest figure, with
+    # its row; the other training's figure is named.
+    archive["fer2013_earlier"]["full_face"][0].update(val_accuracy=0.9, accuracy=0.7)
     text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
     assert ("| 70.00% | -3.50 points (**not met**) | the earlier training of the FER2013 row \"full face (`full_face`)\""
-            f" below (best.pt {first[:12]}...) (MobileNetV2, 96x96, ImageNet start); the best of 2 PublicTest figures"
-            " in that table (the other: 60.00%) |") in text
-    # A longer schedule that does better is picked from every row's figures, and names them all.
-    archive["fer2013"]["full_face, 16 epochs"] = dict(archive["fer2013"]["full_face"], accuracy=0.72)
-    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
-    assert ("| 72.00% | -1.50 points (**not met**) | the FER2013 row \"full face, longer schedule (`LONG_EPOCHS=16`)\""
-            " below (MobileNetV2, 96x96, ImageNet start); the best of 3 PublicTest figures in that table (the others:"
-            " 70.00%, 60.00%) |") in text
+            f" below (best.pt {first[:12]}...) (MobileNetV2, 96x96, ImageNet start), chosen on held-out Training"
+            " (90.00%), not on PublicTest, among 2 trainings in that table (PublicTest of the other: 60.00%) |") in text
 
 
 def test_trainings_seen_in_turn_are_kept_once_and_a_missing_hash_loses_nothing(report, tmp_path):
@@ -367,22 +362,29 @@ def test_wall_time_is_reported_only_for_a_run_done_in_one_command(report, tmp_pa
     assert "fer2013_earlier" not in archive
 
 
-def test_the_fer2013_goal_is_picked_from_every_row_and_names_the_others(report, tmp_path):
-    # Choosing the highest PublicTest figure among rows flatters it: every other figure is named beside it.
+def test_the_fer2013_goal_is_chosen_on_held_out_training_never_on_publictest(report, tmp_path):
+    # As each run's epoch is: the training with the best held-out Training accuracy gives the goal's figure, even
+    # when another row did better on PublicTest; every other row's PublicTest figure is named beside it.
     root = tmp_path / "transfer"
     _fer_run(root / "fer2013_au_partial", 2, finished=True, weights=b"partial")
     _fer_run(root / "fer2013_full_face", 2, finished=True, weights=b"full")
-    _fer_run(root / "fer2013_full_face_16ep", 16, finished=True, weights=b"long")
+    _fer_run(root / "fer2013_full_face_16ep", 16, finished=True, weights=b"long")  # val 0.66, the others' 0.52
     archive: dict = {}
     report.update_archive(archive, tmp_path, root)
     archive["fer2013"]["au_partial"]["accuracy"] = 0.71
     archive["fer2013"]["full_face, 16 epochs"]["accuracy"] = 0.69
     text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
-    assert ("| 71.00% | -2.50 points (**not met**) | the FER2013 row \"partial image (`au_partial`)\" below"
-            " (MobileNetV2, 96x96, ImageNet start); the best of 3 PublicTest figures in that table (the others:"
-            " 69.00%, 60.00%) |") in text
-    # A tie names the first row in the table's order, and lists the equal figure among the others.
-    archive["fer2013"]["full_face"]["accuracy"] = 0.71
+    assert ("| 69.00% | -4.50 points (**not met**) | the FER2013 row \"full face, longer schedule (`LONG_EPOCHS=16`)\""
+            " below (MobileNetV2, 96x96, ImageNet start), chosen on held-out Training (66.00%), not on PublicTest,"
+            " among 3 trainings in that table (PublicTest of the others: 71.00%, 60.00%) |") in text
+    # A tie on held-out Training takes the first row in the table's order.
+    archive["fer2013"]["full_face, 16 epochs"]["val_accuracy"] = archive["fer2013"]["au_partial"]["val_accuracy"]
+    archive["fer2013"]["full_face"]["val_accuracy"] = archive["fer2013"]["au_partial"]["val_accuracy"]
     text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
-    assert "the FER2013 row \"partial image (`au_partial`)\" below" in text
-    assert "the best of 3 PublicTest figures in that table (the others: 71.00%, 69.00%) |" in text
+    assert "| 71.00% | -2.50 points (**not met**) | the FER2013 row \"partial image (`au_partial`)\" below" in text
+    assert "(PublicTest of the others: 69.00%, 60.00%) |" in text
+    # A chosen run below the best figure measured before this issue leaves the earlier figure in place.
+    for record in archive["fer2013"].values():
+        record["accuracy"] = 0.5
+    text = "\n".join(report.section(archive, tmp_path / "elsewhere"))
+    assert "| FER2013 PublicTest, single model | 73.5% | 62.44% |" in text
