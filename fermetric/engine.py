@@ -32,7 +32,7 @@ from .evaluation.plots import plot_confusion, plot_tsne
 from .model import pick_device, predict
 from .plugins import PluginHost, get_host
 from .progress import console
-from .runfolder import RunFolder, Status, load_checkpoint, write_json
+from .runfolder import COMMAND_MARK, RunFolder, Status, load_checkpoint, write_json
 from .training.augment import Augment
 from .training.callbacks import Checkpointer, DivergenceMonitor, EarlyStopping, ModelSelection, default_callbacks
 from .training.distributed import (DistContext, ShardedBatchSampler, broadcast_parameters, check_global_batch,
@@ -179,7 +179,7 @@ class Runner:
                 self._check_folder()
                 self.folder.recipe_file.write_text(recipe_mod.dumps(self.recipe))
                 self._log_file = self.folder.log_file.open("a")
-                self._log_file.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
+                self._log_file.write(f"{COMMAND_MARK}{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)}\n")
             self.run_info = {
                 "fermetric": __version__, "recipe_file": self.recipe_path, "command": " ".join(sys.argv),
                 "overrides": self.overrides, "recipe_digest": self.digest, "seed": self.seed, "device": str(self.device),

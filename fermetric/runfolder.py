@@ -29,6 +29,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,8 @@ RECIPE_FILE, RUN_INFO_FILE, LOG_FILE, HISTORY_FILE, METRICS_FILE = "recipe.toml"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
 ERROR_FILE, RESULTS_MD = "error.txt", "results.md"
 LOCK_FILE = ".lock"
+# Opens each command's part of log.txt (the engine writes it with the time and the command line).
+COMMAND_MARK = "--- "
 
 
 class Status:
@@ -241,6 +244,21 @@ class RunFolder:
         return self.metrics_file.exists() or self.last_checkpoint.exists() or any(
             f.last_checkpoint.exists() or f.metrics_file.exists() for f in self.folds()
         )
+
+    def last_command_seconds(self) -> float | None:
+        """run.json's start to finish: the last command's (a resumed run's start is its last command's)."""
+        info = self.run_info() or {}
+        try:
+            return (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])).total_seconds()
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def commands(self) -> int:
+        """How many commands wrote to this folder's log.txt (0 without one)."""
+        try:
+            return sum(line.startswith(COMMAND_MARK) for line in self.log_file.read_text(encoding="utf-8").splitlines())
+        except OSError:
+            return 0
 
     def metrics(self) -> dict[str, Any] | None:
         return read_json(self.metrics_file)

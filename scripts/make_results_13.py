@@ -228,20 +228,15 @@ def fer_record(folder: RunFolder) -> dict | None:
             "val_accuracy": float(best["val_accuracy"]), "accuracy": float(metrics["accuracy"]) if finished else None,
             "macro_f1": float(metrics["macro_f1"]) if finished else None,
             "train_seconds": sum(float(r.get("seconds") or 0) for r in history), "device": str(info.get("device", "?")),
-            "started": info.get("started"), "wall_seconds": wall_seconds(folder, info) if finished else None,
+            "started": info.get("started"), "wall_seconds": wall_seconds(folder) if finished else None,
             "seen": f"{datetime.now(timezone.utc):%Y-%m-%d}"}
 
 
-def wall_seconds(folder: RunFolder, info: dict) -> float | None:
+def wall_seconds(folder: RunFolder) -> float | None:
     """Start to finish of a run done in one command (run.json's start is the last command's: a resumed run's wall
     time is not known, nor, on the safe side, that of a run whose folder saw a command fail before it trained), data
     loading and evaluation included."""
-    try:
-        commands = sum(line.startswith("--- ") for line in folder.log_file.read_text(encoding="utf-8").splitlines())
-        span = datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
-    return span.total_seconds() if commands == 1 else None
+    return folder.last_command_seconds() if folder.commands() == 1 else None
 
 
 def short_hash(record: dict) -> str:

@@ -92,6 +92,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_over
     b = torch.load(out.last_checkpoint, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in out.history()] == ["1", "2", "3"]
+    # Each command opens its part of log.txt, so a reader can tell a run done in one command (its wall time is
+    # run.json's start to finish) from a resumed one (whose start is its last command's).
+    one_go = RunFolder(tmp_path / "straight")
+    assert (one_go.commands(), out.commands()) == (1, 2)
+    assert one_go.last_command_seconds() >= 0 and out.last_command_seconds() >= 0
+    assert RunFolder(tmp_path / "never").commands() == 0 and RunFolder(tmp_path / "never").last_command_seconds() is None
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_overrides, monkeypatch):

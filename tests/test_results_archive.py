@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fermetric.runfolder import AblationFolder, RunFolder, write_json
+from fermetric.runfolder import COMMAND_MARK, AblationFolder, RunFolder, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CE_FROM_FER = "transfer/ck48_full_face: from FER2013, CE alone"
@@ -336,7 +336,7 @@ def test_wall_time_is_reported_only_for_a_run_done_in_one_command(report, tmp_pa
     run = RunFolder(folder)
     write_json({"status": "finished", "device": "cpu", "started": "2026-12-07T05:00:00+00:00",
                 "finished": "2026-12-07T06:30:00+00:00"}, run.run_file)
-    run.log_file.write_text("--- 2026-12-07T05:00:00+00:00: fermetric run r.toml\nepoch 1/2\n", encoding="utf-8")
+    run.log_file.write_text(f"{COMMAND_MARK}2026-12-07T05:00:00+00:00: fermetric run r.toml\nepoch 1/2\n", encoding="utf-8")
     archive: dict = {}
     report.update_archive(archive, tmp_path, root)
     assert archive["fer2013"]["full_face"]["wall_seconds"] == 5400
@@ -344,7 +344,7 @@ def test_wall_time_is_reported_only_for_a_run_done_in_one_command(report, tmp_pa
     assert "| **60.00** | 55.00 | 2 min (1.5 h wall) on cpu |" in text
 
     with run.log_file.open("a", encoding="utf-8") as log:
-        log.write("--- 2026-12-07T06:00:00+00:00: fermetric run r.toml --resume\n")
+        log.write(f"{COMMAND_MARK}2026-12-07T06:00:00+00:00: fermetric run r.toml --resume\n")
     assert report.fer_record(run)["wall_seconds"] is None
     run.log_file.unlink()
     assert report.fer_record(run)["wall_seconds"] is None

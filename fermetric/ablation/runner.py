@@ -41,16 +41,6 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _previous_duration(run: RunFolder) -> float | None:
-    from datetime import datetime
-
-    info = run.run_info() or {}
-    try:
-        return (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])).total_seconds()
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def _dry_build_cells(cells: list[Cell], recipes: dict[str, dict[str, Any]], host: PluginHost) -> None:
     """Every cell's components built once with its values (fermetric.build.dry_build), before the first cell
     trains; a dataset is listed once per distinct ``[data]`` table, for its class count."""
@@ -161,7 +151,7 @@ def run_ablation(recipe_path: str, grid: list[str] | tuple[str, ...] = (), seeds
     if done_before:
         _say(f"{done_before} of {total_runs} runs already finished, skipped")
     previous = [d for cell in cells for s in range(n_seeds) if seed_run(cell, s).is_finished()
-                for d in [_previous_duration(seed_run(cell, s))] if d is not None]
+                for d in [seed_run(cell, s).last_command_seconds()] if d is not None]
     durations: list[float] = []
     failed: dict[str, str] = {}
     started = 0
